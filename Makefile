@@ -1,0 +1,51 @@
+# The project's commands. A fresh machine needs only `make experiment` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export METRICNER_DATA ?= $(CURDIR)/data/corpora
+
+.PHONY: install test check-sync readme nbtest pytest experiment stats clean-venv
+
+install: $(STAMP)
+
+# Re-runs only when the dependency list changes; torch comes pinned from settings.ini (2.13.0, CPU wheel).
+$(STAMP): settings.ini setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# The CI contract: notebooks clean and in sync with the library, notebook tests, then pytest.
+test: install check-sync nbtest pytest
+
+check-sync: install
+	$(BIN)/nbdev_clean
+	@git diff --exit-code -- nbs || { echo "nbdev_clean changed notebooks: run 'make install && .venv/bin/nbdev_clean' and commit"; exit 1; }
+	$(BIN)/nbdev_export
+	@git diff --exit-code -- metricner || { echo "metricner/ is out of sync with nbs/: run '.venv/bin/nbdev_export' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- metricner nbs)" || { git status --short -- metricner nbs; echo "untracked files appeared in nbs/ or metricner/: commit them"; exit 1; }
+	$(MAKE) --no-print-directory readme
+	@git diff --exit-code -- README.md || { echo "README.md is out of sync with nbs/index.ipynb: run 'make readme' and commit"; exit 1; }
+
+# README.md is generated from nbs/index.ipynb (nbdev_readme needs Quarto, which this project cannot assume).
+readme: install
+	$(BIN)/jupyter nbconvert --log-level ERROR --to markdown --stdout nbs/index.ipynb > README.md
+
+nbtest: install
+	@if [ -d "$(METRICNER_DATA)" ]; then flags=corpora; else flags=; echo "note: corpora not found at $(METRICNER_DATA); notebook cells flagged #|corpora are skipped"; fi; \
+	$(BIN)/nbdev_test --n_workers 1 --do_print --flags "$$flags"
+
+pytest: install
+	$(BIN)/pytest -q tests
+
+experiment: install
+	$(BIN)/metricner stats
+
+stats: install
+	$(BIN)/metricner stats
+
+clean-venv:
+	rm -rf $(VENV)

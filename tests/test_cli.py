@@ -1,0 +1,42 @@
+"The console script and `python -m metricner.cli`, as a user runs them."
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_files
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args, module=False):
+    command = [sys.executable, '-m', 'metricner.cli', *args] if module else [str(BIN / 'metricner'), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_stats_json_on_real_corpora(data_dir):
+    result = run('stats', 'pc', 'bc5cdr', '--json', '--data-dir', str(data_dir))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert list(stats) == ['pc', 'bc5cdr']
+    assert stats['pc']['train'] == {'documents': 260, 'events': 5992, 'mentions': {
+        'Cellular_component': 478, 'Complex': 729, 'Gene_or_gene_product': 5468, 'Simple_chemical': 1180}}
+    assert stats['bc5cdr']['test']['mentions'] == {'Chemical': 5385, 'Disease': 4424}
+
+
+def test_stats_table_and_module_form(tmp_path):
+    write_files(tmp_path, {'train/a.txt': 'MDM2 binds.', 'train/a.a1': 'T1\tProtein 0 4\tMDM2\n'})
+    result = run('stats', f'standoff:{tmp_path}', module=True)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:5] == ['corpus', 'split', 'documents', 'mentions', 'events']
+    assert row.split()[1:5] == ['train', '1', '1', '0'] and 'Protein 1' in row
+
+
+def test_errors_are_one_line(tmp_path):
+    write_files(tmp_path, {'train/a.txt': 'MDM2 binds.', 'train/a.a1': 'T1\tProtein 0 4\tMDM9\n'})
+    result = run('stats', f'standoff:{tmp_path}')
+    assert result.returncode == 2
+    assert result.stderr.strip().count('\n') == 0 and 'a.a1:1: T1: text' in result.stderr
+    missing = run('stats', 'chemdner', '--data-dir', str(tmp_path))
+    assert missing.returncode == 2 and 'metricner download chemdner' in missing.stderr

@@ -1,0 +1,106 @@
+"Counts of the six real corpora, checked against the figures in shared/corpora/README.md."
+import pytest
+
+from metricner.data import (AlignmentReport, corpus_stats, load_corpus, sample_paper, tag_documents)
+
+# (train, dev, test) counts from the corpora README
+STANDOFF = {  # name: (.a1 entities per split, .a2 events in train and dev, documents per split)
+    'pc': ((7855, 2734, 5312), (5992, 2129), (260, 90, 175)),
+    'cg': ((10935, 3634, 6955), (8803, 2915), (300, 100, 200)),
+    'id': ((6525, 1976, 4239), (2088, 691), (152, 46, 118)),
+}
+
+
+@pytest.mark.parametrize('name', list(STANDOFF))
+def test_standoff_counts(data_dir, name):
+    mentions, events, documents = STANDOFF[name]
+    stats = corpus_stats(name, data_dir)
+    assert [stats[s]['documents'] for s in ('train', 'dev', 'test')] == list(documents)
+    assert [sum(stats[s]['mentions'].values()) for s in ('train', 'dev', 'test')] == list(mentions)
+    assert [stats[s]['events'] for s in ('train', 'dev', 'test')] == [*events, 0]
+
+
+def test_source_types(data_dir):
+    assert set(corpus_stats('pc', data_dir)['train']['mentions']) == {
+        'Gene_or_gene_product', 'Simple_chemical', 'Complex', 'Cellular_component'}
+    cg = corpus_stats('cg', data_dir)['train']['mentions']
+    assert len(cg) == 16 and {'Simple_chemical', 'Amino_acid'} <= set(cg)
+    assert set(corpus_stats('id', data_dir)['train']['mentions']) == {
+        'Protein', 'Organism', 'Chemical', 'Two-component-system', 'Regulon-operon'}
+
+
+def test_pooled_source_is_the_sum(data_dir):
+    pooled = corpus_stats('all', data_dir)
+    assert pooled['train']['documents'] == 260 + 300 + 152
+    assert sum(pooled['dev']['mentions'].values()) == 2734 + 3634 + 1976
+    assert pooled['train']['events'] == 5992 + 8803 + 2088
+
+
+def test_target_counts(data_dir):
+    chemdner = corpus_stats('chemdner', data_dir)
+    assert [chemdner[s]['documents'] for s in ('train', 'dev', 'test')] == [3500, 3500, 3000]
+    assert [sum(chemdner[s]['mentions'].values()) for s in ('train', 'dev', 'test')] == [29478, 29526, 25351]
+    assert set(chemdner['train']['mentions']) == {'ABBREVIATION', 'IDENTIFIER', 'FORMULA', 'SYSTEMATIC', 'MULTIPLE',
+                                                  'TRIVIAL', 'FAMILY', 'NO CLASS'}
+    bc5cdr = corpus_stats('bc5cdr', data_dir)
+    assert [bc5cdr[s]['documents'] for s in ('train', 'dev', 'test')] == [500, 500, 500]
+    assert [bc5cdr[s]['mentions']['Chemical'] for s in ('train', 'dev', 'test')] == [5203, 5347, 5385]
+    assert [bc5cdr[s]['mentions']['Disease'] for s in ('train', 'dev', 'test')] == [4182, 4244, 4424]
+    drugprot = corpus_stats('drugprot', data_dir)
+    assert drugprot['train']['documents'] == 3500 and drugprot['dev']['documents'] == 750
+    assert drugprot['train']['mentions'] == {'CHEMICAL': 46274, 'GENE-N': 14834, 'GENE-Y': 28421}
+
+
+def test_label_policies(data_dir):
+    assert 'Simple_chemical' not in load_corpus('pc', data_dir).types
+    assert 'Chemical' not in load_corpus('id', data_dir).types
+    pooled = load_corpus('all', data_dir)
+    assert not {'Simple_chemical', 'Chemical'} & set(pooled.types)
+    assert len(pooled['train']) == 712 and pooled['train'][0].id.startswith('pc/')
+    assert load_corpus('chemdner', data_dir).types == (
+        'ABBREVIATION', 'FAMILY', 'FORMULA', 'IDENTIFIER', 'MULTIPLE', 'SYSTEMATIC', 'TRIVIAL')
+    assert load_corpus('bc5cdr', data_dir).types == ('Chemical',)
+
+
+def test_drugprot_splits(data_dir):
+    corpus = load_corpus('drugprot', data_dir)
+    assert corpus.types == ('CHEMICAL',)
+    assert [len(corpus[s]) for s in ('train', 'dev', 'test')] == [2750, 750, 750]
+    train, dev, test = ({d.id for d in corpus[s]} for s in ('train', 'dev', 'test'))
+    assert not train & dev and not (train | dev) & test
+    again = load_corpus('drugprot', data_dir)  # deterministic carve
+    assert [d.id for d in again['dev']] == [d.id for d in corpus['dev']]
+    # non-target types stay as annotations for analysis
+    assert any(m.type.startswith('GENE') for d in corpus['test'] for m in d.mentions)
+
+
+@pytest.mark.parametrize('name', ['pc', 'cg', 'id', 'chemdner', 'bc5cdr', 'drugprot'])
+def test_every_mention_accounted_for(data_dir, name):
+    corpus = load_corpus(name, data_dir)
+    report = sum((tag_documents(docs, corpus.types)[1] for docs in corpus.splits.values()), AlignmentReport())
+    expected = sum(m.type in corpus.types for docs in corpus.splits.values() for d in docs for m in d.mentions)
+    assert report.mentions == expected
+    assert report.tagged + report.overlapping + report.no_words == report.mentions
+    assert report.tagged / report.mentions > 0.8
+
+
+def test_chemdner_empty_mention_is_counted(data_dir):
+    "The CHEMDNER evaluation set has empty mentions (start = end): read, then counted as covering no word."
+    corpus = load_corpus('chemdner', data_dir)
+    _, report = tag_documents(corpus['test'], corpus.types)
+    assert report.no_words >= 1
+
+
+def test_paper_sampler_on_chemdner(data_dir):
+    corpus = load_corpus('chemdner', data_dir)
+    units, _ = tag_documents(corpus['train'], corpus.types)
+    sample = sample_paper(units, corpus.labels, *corpus.few_shot)
+    n = sum(any(t != 'O' for t in u.tags) for u in units)
+    limit = n * 0.05 / 15
+    assert sample.settings['N'] == n
+    assert all(count <= -(-limit // 1) for count in sample.per_label.values())
+    # every label's first occurrences in file order are in the sample
+    for label in corpus.labels:
+        first = next(i for i, u in enumerate(units) if label in u.tags)
+        assert first in sample.indices
+    assert len(sample.indices) < len(units) * 0.05
