@@ -6,11 +6,10 @@
 __all__ = ['PAPER_SOURCE_MS', 'PAPER_TARGET_MS', 'ms_mining_masks', 'SelfPairMultiSimilarityMiner', 'masked_log_one_plus_sum_exp',
            'MultiSimilarityLoss', 'multi_similarity_loss', 'multi_similarity_loss_reference', 'benchmark_ms_loss']
 
-# %% ../nbs/03_losses.ipynb #703fbd98
+# %% ../nbs/03_losses.ipynb #c08990f3
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
@@ -18,13 +17,13 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.reducers import MeanReducer
 from pytorch_metric_learning.utils import common_functions as c_f
 
-# %% ../nbs/03_losses.ipynb #68128a61
+# %% ../nbs/03_losses.ipynb #473ccdb1
 PAPER_SOURCE_MS = dict(alpha=4.0, beta=3.0, alpha_w=8.0, beta_w=6.0, base=0.5, margin=0.1)
 "Hyperparameters of the MS loss in the source (entity grouping) stage of the paper."
 PAPER_TARGET_MS = dict(alpha=2.0, beta=5.0, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1)
 "Hyperparameters of the MS loss in the target (entity discrimination) stage: no auxiliary weights."
 
-# %% ../nbs/03_losses.ipynb #ad3cbdbb
+# %% ../nbs/03_losses.ipynb #c9edd003
 def ms_mining_masks(sims, labels, margin, ref_labels=None):
     "Boolean [n, m] masks `(pos, neg)` of the pairs MS mining keeps from similarities `sims`; same-label pairs, self included, are positives."
     ref_labels = labels if ref_labels is None else ref_labels
@@ -38,7 +37,7 @@ def ms_mining_masks(sims, labels, margin, ref_labels=None):
     pos = (sims - margin < hardest_neg).logical_and_(same)
     return pos, neg
 
-# %% ../nbs/03_losses.ipynb #5d6da73c
+# %% ../nbs/03_losses.ipynb #fc426048
 class SelfPairMultiSimilarityMiner(pml_miners.MultiSimilarityMiner):
     "pytorch-metric-learning's MS miner, mining per anchor with the anchor's self pair among its positives (as in the paper's code)."
     def __init__(self, epsilon=0.1, **kwargs):
@@ -54,7 +53,7 @@ class SelfPairMultiSimilarityMiner(pml_miners.MultiSimilarityMiner):
         pos, neg = self.mining_masks(self.distance(embeddings, ref_emb), labels, ref_labels)
         return (*torch.where(pos), *torch.where(neg))
 
-# %% ../nbs/03_losses.ipynb #779dc411
+# %% ../nbs/03_losses.ipynb #db231c03
 def _checked_feats(feats):
     if not (torch.is_tensor(feats) and feats.ndim == 2 and feats.is_floating_point()):
         raise ValueError(f"feats must be a floating-point [n, d] tensor of entity features; got {_describe(feats)}")
@@ -79,7 +78,7 @@ def _checked_aux(aux, feats):
 
 def _describe(x): return f"shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
 
-# %% ../nbs/03_losses.ipynb #bbff3ab4
+# %% ../nbs/03_losses.ipynb #d3e865f0
 class _MaskedLogOnePlusSumExp(torch.autograd.Function):
     "Row-wise log(1 + sum of exp over kept entries); saves its softmax-like weights, which are the gradient."
     @staticmethod
@@ -101,7 +100,7 @@ def masked_log_one_plus_sum_exp(exponents, keep):
     "Row-wise log(1 + sum of exp(exponents) over the entries where `keep`), computed stably; 0 for a row with nothing kept."
     return _MaskedLogOnePlusSumExp.apply(exponents, keep)
 
-# %% ../nbs/03_losses.ipynb #b2e967bf
+# %% ../nbs/03_losses.ipynb #553827cb
 class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
     "Extended MS loss: cosine similarities, self-pair MS mining, auxiliary weights `aux` inside the exponents, mean over entities."
     def __init__(self, *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1):
@@ -131,17 +130,17 @@ class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
         if pair_weights is not None:
             pos_exponent.add_(pair_weights, alpha=self.alpha_w)
             neg_exponent.sub_(pair_weights, alpha=self.beta_w)
-        losses = (masked_log_one_plus_sum_exp(pos_exponent, pos_mask) / self.alpha
-                  + masked_log_one_plus_sum_exp(neg_exponent, neg_mask) / self.beta)
+        losses = (masked_log_one_plus_sum_exp(pos_exponent, pos_mask.bool()) / self.alpha
+                  + masked_log_one_plus_sum_exp(neg_exponent, neg_mask.bool()) / self.beta)
         return {"loss": {"losses": losses, "indices": c_f.torch_arange_from_size(mat), "reduction_type": "element"}}
 
-# %% ../nbs/03_losses.ipynb #55445f14
+# %% ../nbs/03_losses.ipynb #4b9caab5
 def multi_similarity_loss(feats, labels, aux=None, *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1):
     "Extended multi-similarity loss (a scalar) of entity features `feats` [n, d], `labels` [n], optional `aux` [n, n]."
     loss = MultiSimilarityLoss(alpha=alpha, beta=beta, alpha_w=alpha_w, beta_w=beta_w, base=base, margin=margin)
     return loss(feats, labels, aux)
 
-# %% ../nbs/03_losses.ipynb #c9fdc2c5
+# %% ../nbs/03_losses.ipynb #84e20042
 def _log_one_plus_sum_exp(exponents):
     "log(1 + sum(exp(exponents))), stably; 0 for no exponents."
     return torch.logsumexp(torch.cat([exponents.new_zeros(1), exponents]), dim=0)
@@ -164,7 +163,7 @@ def multi_similarity_loss_reference(feats, labels, aux=None, *, alpha, beta, alp
         total = total + _log_one_plus_sum_exp(beta * (neg_s[keep_neg] - base) - beta_w * neg_w[keep_neg]) / beta
     return total / max(n, 1)
 
-# %% ../nbs/03_losses.ipynb #aba9102b
+# %% ../nbs/03_losses.ipynb #a49811aa
 def _random_ms_batch(n, dim, n_classes, seed=0):
     "Random features, labels and symmetric auxiliary similarities in [0, 1] for timing."
     g = torch.Generator().manual_seed(seed)
