@@ -41,8 +41,12 @@ nbtest: install
 pytest: install
 	$(BIN)/pytest -q tests
 
+# The main job: the default experiment (EG+ED, pooled source → CHEMDNER, cpu profile), also as an executed notebook.
 experiment: install
-	$(BIN)/metricner stats
+	@$(BIN)/metricner stats chemdner all > /dev/null || { echo "The corpora are missing: run '$(BIN)/metricner download' (or set METRICNER_DATA to a folder that has them), then 'make experiment' again."; exit 1; }
+	mkdir -p results/runs/cpu/all/chemdner-eg_ed-sentenc-seed42
+	$(BIN)/papermill nbs/run_experiment.ipynb results/runs/cpu/all/chemdner-eg_ed-sentenc-seed42/run.ipynb --cwd nbs \
+		-p target chemdner -p source all -p setting eg_ed -p events sentenc -p profile cpu -p seed 42
 
 stats: install
 	$(BIN)/metricner stats
