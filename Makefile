@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export METRICNER_DATA ?= $(CURDIR)/data/corpora
 
-.PHONY: install test check-sync readme nbtest pytest experiment stats clean-venv
+.PHONY: install test check-sync readme nbtest pytest experiment stats bench clean-venv
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ experiment: install
 
 stats: install
 	$(BIN)/metricner stats
+
+# Speed and efficiency on this machine (a few minutes; run it on an otherwise idle machine).
+bench: install
+	$(BIN)/metricner bench --quick
 
 clean-venv:
 	rm -rf $(VENV)
