@@ -153,3 +153,18 @@ def test_papermill_parameters_reach_the_run(isolated):
     misspelt = subprocess.run([str(BIN / 'papermill'), str(ROOT / 'nbs' / 'run_experiment.ipynb'), str(isolated / 'bad.ipynb'),
                                '-p', 'taget', 'bc5cdr', '-p', 'profile', 'smoke'], capture_output=True, text=True, timeout=900)
     assert misspelt.returncode != 0 and "did you mean 'target'" in misspelt.stderr + misspelt.stdout
+
+
+def test_analysis_files(isolated):
+    import math
+    from safetensors.torch import load_file
+    record = run_experiment(smoke(isolated, setting='direct_transfer'), StageCache(isolated / 'stages'))
+    per_document = json.loads((isolated / 'run' / 'per_document.json').read_text())
+    tp, fp, fn = map(sum, zip(*per_document['tp_fp_fn']))
+    assert len(per_document['documents']) == record['data']['test']['documents']
+    assert math.isclose(record['precision'], tp / (tp + fp) if tp + fp else 0.0)
+    assert math.isclose(record['recall'], tp / (tp + fn) if tp + fn else 0.0)
+    meta = json.loads((isolated / 'run' / 'features.json').read_text())
+    feats = load_file(str(isolated / 'run' / 'features.safetensors'))['features']
+    assert feats.shape[0] == len(meta['groups']) == record['files']['feature_entities']
+    assert {'target', 'source'} == set(meta['groups']) and meta['source_entities'] == 'gold source-like annotations'
