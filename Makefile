@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export METRICNER_DATA ?= $(CURDIR)/data/corpora
 
-.PHONY: install test check-sync readme nbtest pytest experiment stats bench clean-venv
+.PHONY: install test check-sync readme nbtest pytest experiment results report stats bench clean-venv
 
 install: $(STAMP)
 
@@ -47,6 +47,14 @@ experiment: install
 	mkdir -p results/runs/cpu/all/chemdner-eg_ed-sentenc-seed42
 	$(BIN)/papermill nbs/run_experiment.ipynb results/runs/cpu/all/chemdner-eg_ed-sentenc-seed42/run.ipynb --cwd nbs \
 		-p target chemdner -p source all -p setting eg_ed -p events sentenc -p profile cpu -p seed 42
+
+# Runs the missing cells of the published grid (cpu profile); resumable, skips what is recorded for this code.
+results: install
+	$(BIN)/python -c "from metricner.report import run_grid; run_grid()"
+
+# The report site from the committed records alone (Quarto where installed, else nbconvert) into _site/.
+report: install
+	$(BIN)/python -c "from metricner.report import build_site; print(build_site())"
 
 stats: install
 	$(BIN)/metricner stats

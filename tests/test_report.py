@@ -1,0 +1,77 @@
+"The report: grid driver bookkeeping, tables, bootstrap, and the site built from records alone (smoke records)."
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metricner.experiments import ExperimentConfig, StageCache, run_experiment
+from metricner.report import (build_site, cell_status, grid, load_records, paired_bootstrap, results_table, run_folder)
+
+
+def test_grid_matches_the_issue():
+    runs = grid()
+    assert all(r['profile'] == 'cpu' and r['source'] == 'all' for r in runs)
+    for target in ('chemdner', 'bc5cdr', 'drugprot'):
+        for setting in ('target_only', 'direct_transfer', 'eg_ed'):
+            assert sorted(r['seed'] for r in runs if r['target'] == target and r['setting'] == setting
+                          and r['events'] == 'sentenc' and not r.get('overrides')) == [13, 42, 87]
+        for setting in ('oracle', 'eg', 'ed'):
+            assert [r['seed'] for r in runs if r['target'] == target and r['setting'] == setting] == [42]
+    lambdas = sorted(r.get('overrides', {}).get('lambda_tgt', 0.1) for r in runs
+                     if r['target'] == 'chemdner' and r['setting'] == 'eg_ed' and r['seed'] == 42 and r['events'] == 'sentenc')
+    assert lambdas == [0.05, 0.1, 0.2, 0.3]
+    assert len({run_folder(r) for r in runs}) == len(runs)  # every cell has its own folder
+
+
+def test_bootstrap_agrees_with_a_direct_computation():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 5, size=(40, 3)); b = rng.integers(0, 5, size=(40, 3))
+    result = paired_bootstrap(a, b, samples=300, seed=3)
+    f1 = lambda c: 2 * c[0] / (2 * c[0] + c[1] + c[2])
+    assert np.isclose(result['delta_f1'], f1(a.sum(0)) - f1(b.sum(0)))
+    assert result['ci95'][0] <= result['mean'] <= result['ci95'][1]
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b[:10])
+
+
+@pytest.fixture(scope='module')
+def smoke_results(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp('results')
+    import os
+    os.environ['METRICNER_DATA'] = str(data_dir)
+    cache = StageCache(root / 'stages')
+    for setting in ('target_only', 'direct_transfer', 'eg_ed'):
+        for seed in (42, 13):
+            run_experiment(ExperimentConfig(target='bc5cdr', source='pc', setting=setting, profile='smoke', seed=seed,
+                                            out_dir=str(root / 'runs' / f'{setting}-{seed}')), cache)
+    return root / 'runs'
+
+
+def test_records_and_table(smoke_results):
+    records = load_records(smoke_results)
+    assert len(records) == 6 and set(records.setting) == {'target_only', 'direct_transfer', 'eg_ed'}
+    table = results_table(records, 'bc5cdr')
+    assert list(table.index) == ['Target Only', 'Direct Transfer', 'EG+ED']
+    assert all('(2)' in cell for cell in table['f1'])
+    assert sum(cell.startswith('**') for cell in table['f1']) >= 1
+
+
+def test_site_builds_from_records_alone(smoke_results, tmp_path):
+    index = build_site(tmp_path / 'site', results=smoke_results, use_quarto=False, profile='smoke')
+    html = index.read_text()
+    for page in ('overview.html', 'method.html', 'results.html'):
+        assert page in html and (tmp_path / 'site' / page).exists()
+    results = (tmp_path / 'site' / 'results.html').read_text()
+    assert 'bc5cdr' in results and 'EG+ED' in results and 'data:image/png' in results  # tables and figures rendered
+    assert (tmp_path / 'site' / 'api' / '00_data.html').exists()
+
+
+def test_cell_status(tmp_path, monkeypatch):
+    import metricner.report as report
+    run = grid()[0]
+    monkeypatch.setattr(report, 'run_folder', lambda parameters: tmp_path / 'cell')
+    assert cell_status(run) == 'missing'
+    (tmp_path / 'cell').mkdir()
+    (tmp_path / 'cell' / 'metrics.json').write_text('{"truncated": ')
+    assert cell_status(run) == 'missing'  # a broken record is not a finished run
