@@ -23,16 +23,16 @@ import metricner
 from .data import (PROJECT_ROOT, Corpus, POOLED_SOURCES, default_cache_dir, load_corpus, parse_corpus,
                             sample_paper, tag_documents)
 from .encoder import Tagger, build_tiny_backbone, load_tagger, predict, save_tagger
-from .events import PARADIGMS, SentenceEncoder, build_aux_similarity
+from .events import PARADIGMS, SentenceEncoder, build_aux_similarity, default_templates_path
 from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS
 from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document_counts, evaluate, pseudo_labels,
                                 retarget, source_false_positives, train_stage, unit_entity_features)
 
 # %% auto #0
-__all__ = ['SETTINGS', 'PROFILES', 'PROFILE_DEFAULTS', 'PARAMETERS', 'uses_source', 'uses_grouping', 'uses_discrimination',
-           'ExperimentConfig', 'resolve', 'config_from_parameters', 'code_fingerprint', 'corpus_fingerprint',
-           'git_commit', 'StageCache', 'target_data', 'backbone_path', 'source_stage', 'write_analysis_files',
-           'default_out_dir', 'write_json_atomically', 'run_experiment']
+__all__ = ['SETTINGS', 'PROFILES', 'PROFILE_DEFAULTS', 'PARAMETERS', 'RESULT_MODULES', 'uses_source', 'uses_grouping',
+           'uses_discrimination', 'ExperimentConfig', 'resolve', 'config_from_parameters', 'code_fingerprint',
+           'corpus_fingerprint', 'git_commit', 'StageCache', 'target_data', 'backbone_path', 'source_stage',
+           'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
 SETTINGS = ('target_only', 'oracle', 'direct_transfer', 'eg', 'ed', 'eg_ed')
@@ -79,8 +79,8 @@ PROFILE_DEFAULTS = {
                   source_train=dict(lr=1e-4, batch_size=64, micro_batch_size=8, min_epochs=100, max_epochs=1000, patience=20),
                   target_train=dict(lr=1e-4, batch_size=16, micro_batch_size=8, min_epochs=80, max_epochs=1000, patience=20)),
     'cpu': dict(backbone=None, mode='full', max_length=256,
-                source_train=dict(lr=1e-4, batch_size=16, min_epochs=2, max_epochs=6, patience=2, max_seconds=1200),
-                target_train=dict(lr=1e-4, batch_size=8, min_epochs=15, max_epochs=40, patience=8, max_seconds=900)),
+                source_train=dict(lr=1e-4, batch_size=16, min_epochs=2, max_epochs=4, patience=2),
+                target_train=dict(lr=1e-4, batch_size=8, min_epochs=15, max_epochs=30, patience=8)),
     'smoke': dict(backbone='tiny', mode='full', max_length=64, max_documents={'train': 6, 'dev': 3, 'test': 6},
                   source_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1),
                   target_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1)),
@@ -138,10 +138,15 @@ def config_from_parameters(parameters: dict) -> ExperimentConfig:
 def _digest(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_fingerprint() -> str:
-    "Digest of the package's source files: any code change invalidates cached stages."
-    package = Path(metricner.__file__).parent
-    return _digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(package.glob('*.py'))})
+# The modules (and data files) that decide what a run computes; the report, CLI and benchmarks do not.
+RESULT_MODULES = ('data', 'encoder', 'events', 'losses', 'trainers', 'experiments')
+
+
+def code_fingerprint(package: Path | None = None) -> str:
+    "Digest of the code that decides a run's result: a change there invalidates cached stages and recorded runs."
+    package = Path(package or Path(metricner.__file__).parent)
+    files = [package / f'{name}.py' for name in RESULT_MODULES] + [default_templates_path()]
+    return _digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
 def corpus_fingerprint(spec: str, data_dir=None) -> str:
@@ -309,6 +314,9 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     started, timings, commit, code = time.perf_counter(), {}, git_commit(), code_fingerprint()  # the code that runs now
     config = resolve(config)
     out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(dataclasses.replace(config, source=_safe_name(config.source), target=_safe_name(config.target)))
+    if (out_dir / 'metrics.json').exists():  # never leave an old record beside the partial files of a new run
+        log(f'replacing the record in {out_dir}')
+        (out_dir / 'metrics.json').unlink()
     cache = cache or StageCache(log=log)
     target, units, data_info = target_data(config)
     timings['data'] = time.perf_counter() - started

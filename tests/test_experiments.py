@@ -108,12 +108,26 @@ def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
         if kwargs.get('description', '').startswith('stage 2'): raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(experiments, 'train_stage', crash_in_stage_two)
+    (isolated / 'run').mkdir()
+    (isolated / 'run' / 'metrics.json').write_text('{"an": "older run"}')  # replaced, never left beside new files
     with pytest.raises(KeyboardInterrupt):
         run_experiment(smoke(isolated, setting='eg_ed'), cache)
     assert not (isolated / 'run' / 'metrics.json').exists()  # no record that looks complete
     monkeypatch.setattr(experiments, 'train_stage', real)
     record = run_experiment(smoke(isolated, setting='eg_ed'), cache)
     assert record['stage1']['cache'] == 'reused' and (isolated / 'run' / 'metrics.json').exists()
+
+
+def test_code_fingerprint_covers_the_modules_that_decide_results(tmp_path):
+    package = tmp_path / 'metricner'
+    package.mkdir()
+    for path in Path(experiments.__file__).parent.glob('*.py'): (package / path.name).write_bytes(path.read_bytes())
+    before = experiments.code_fingerprint(package)
+    assert before == experiments.code_fingerprint()
+    (package / 'report.py').write_text('# a report change\n', encoding='utf-8')
+    assert experiments.code_fingerprint(package) == before
+    (package / 'trainers.py').write_text((package / 'trainers.py').read_text(encoding='utf-8') + '\n# a change\n', encoding='utf-8')
+    assert experiments.code_fingerprint(package) != before
 
 
 def test_bad_parameters_fail_before_training():
