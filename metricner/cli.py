@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
     parameters = {'target': args.target, 'source': args.source, 'setting': args.setting, 'events': args.events,
                   'profile': args.profile, 'seed': args.seed, 'backbone': args.backbone, 'out_dir': args.out,
                   'target_types': args.target_types, 'source_exclude_types': args.source_exclude_types,
-                  'data_dir': args.data_dir, 'overrides': dict(args.set or [])}
+                  'data_dir': args.data_dir, 'device': args.device, 'overrides': dict(args.set or [])}
     run_experiment(config_from_parameters(parameters))
     return 0
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--target-types', default=None, help='label types of a target given by spec, comma-separated')
     run.add_argument('--source-exclude-types', default=None, help='types removed from the labels of a source spec, comma-separated')
     run.add_argument('--data-dir', default=None, help='where the corpora are (default: $METRICNER_DATA)')
+    run.add_argument('--device', default='auto', help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N (default: auto)")
     run.add_argument('--set', action='append', type=_override, metavar='KEY=VALUE',
                      help='override any configuration value, e.g. --set target_train.lr=5e-4 --set lambda_tgt=0.2')
     run.set_defaults(run=cmd_run)

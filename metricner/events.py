@@ -63,12 +63,12 @@ def default_text_encoder_path() -> Path:
 
 class SentenceEncoder:
     "A sentence-transformers model as a text encoder; `name` is its local path (default: the bundled MiniLM)."
-    def __init__(self, name: str | Path | None = None, batch_size: int = 128):
+    def __init__(self, name: str | Path | None = None, batch_size: int = 128, device: str | torch.device = 'cpu'):
         from sentence_transformers import SentenceTransformer
         self.name = str(name or default_text_encoder_path())
         if not Path(self.name).exists():
             raise FileNotFoundError(f'text encoder {self.name!r} is not a local folder; metricner loads encoders only from disk')
-        self.model = SentenceTransformer(self.name, device='cpu')
+        self.model = SentenceTransformer(self.name, device=str(device))
         self.batch_size = batch_size
 
     @property

@@ -30,9 +30,9 @@ from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document
 
 # %% auto #0
 __all__ = ['SETTINGS', 'PROFILES', 'PROFILE_DEFAULTS', 'PARAMETERS', 'RESULT_MODULES', 'uses_source', 'uses_grouping',
-           'uses_discrimination', 'ExperimentConfig', 'resolve', 'config_from_parameters', 'code_fingerprint',
-           'corpus_fingerprint', 'git_commit', 'StageCache', 'target_data', 'backbone_path', 'source_stage',
-           'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'run_experiment']
+           'uses_discrimination', 'ExperimentConfig', 'resolve', 'run_device', 'config_from_parameters',
+           'code_fingerprint', 'corpus_fingerprint', 'git_commit', 'StageCache', 'target_data', 'backbone_path',
+           'source_stage', 'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
 SETTINGS = ('target_only', 'oracle', 'direct_transfer', 'eg', 'ed', 'eg_ed')
@@ -70,6 +70,7 @@ class ExperimentConfig:
     max_documents: dict = field(default_factory=dict)  # per split, e.g. {'train': 8}: use the first N documents
     save_features: bool | None = None  # entity features of test documents for plots; None: for direct_transfer and eg_ed
     feature_documents: int = 100  # how many test documents (from the start) give features (CHEMDNER: ~2,000 entities, ~1.7 MB)
+    device: str = 'auto'  # where to train: 'auto' (the first CUDA GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1'
     data_dir: str | None = None
     out_dir: str | None = None
 
@@ -103,11 +104,21 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     for stage in ('source_train', 'target_train'):
         unknown = set(getattr(out, stage)) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown: raise ValueError(f'{stage} has unknown settings: {", ".join(sorted(unknown))}')
+    run_device(out)  # an impossible device fails here, before any data is read
     return out
+
+
+def run_device(config: ExperimentConfig) -> torch.device:
+    "The device a run trains on; the configuration keeps 'auto', the record names the device actually used."
+    if config.device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try: device = torch.device(config.device)
+    except RuntimeError: raise ValueError(f"unknown device {config.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f'device {config.device!r} asked for, but no CUDA GPU is available')
+    return device
 
 # %% ../nbs/05_experiments.ipynb #99ab1ab9
 PARAMETERS = ('target', 'source', 'setting', 'events', 'profile', 'seed', 'backbone', 'out_dir', 'target_types',
-              'source_exclude_types', 'data_dir', 'overrides')
+              'source_exclude_types', 'data_dir', 'device', 'overrides')
 
 
 def _as_list(value):
@@ -245,18 +256,19 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
                    'unit': config.unit, 'max_documents': config.max_documents, 'train': asdict(train_config),
                    'events': config.events if grouping else None, 'aux_reduce': config.aux_reduce if grouping else None,
                    'event_encoder': config.event_encoder if grouping else None, 'code': code_fingerprint()})
+    device = run_device(config)
     cached = cache.load(key)
     if cached is not None:
         tagger, info = cached
-        return tagger, source, {**info, 'cache': 'reused', 'key': key}
+        return tagger.to(device), source, {**info, 'cache': 'reused', 'key': key}
     started = time.perf_counter()
     metric, aux_stats = None, None
     if grouping:  # event records of the training documents actually used (all of them, except in smoke slices)
         used = Corpus(source.name, {'train': source['train'][:config.max_documents.get('train')]}, source.types)
-        aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder), config.aux_reduce, seed=config.seed)
+        aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder, device=device), config.aux_reduce, seed=config.seed)
         metric = TypeGrouping(aux)
     torch.manual_seed(config.seed)
-    tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed)
+    tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
     tagger, history = train_stage(tagger, train, dev, train_config, metric, description=f'stage 1: {config.source}')
     if grouping: aux_stats = metric.aux.stats()
     info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats,
@@ -313,6 +325,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     "Run one experiment and write its `metrics.json`; returns the record."
     started, timings, commit, code = time.perf_counter(), {}, git_commit(), code_fingerprint()  # the code that runs now
     config = resolve(config)
+    device = run_device(config)
     out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(dataclasses.replace(config, source=_safe_name(config.source), target=_safe_name(config.target)))
     if (out_dir / 'metrics.json').exists():  # never leave an old record beside the partial files of a new run
         log(f'replacing the record in {out_dir}')
@@ -334,7 +347,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     else:
         backbone = backbone_path(config, list(units.values()))
         torch.manual_seed(config.seed)
-        tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed)
+        tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
     stage2_config = TrainConfig(**{**config.target_train, 'seed': config.seed, 'ms': config.ms_target,
                                    'ms_weight': config.lambda_tgt if metric is not None else 0.0})
     tagger, history = train_stage(tagger, units['train'], units['dev'], stage2_config, metric, description=f'stage 2: {config.target}')
@@ -354,7 +367,8 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
         'config': asdict(config), 'seeds': {'seed': config.seed},
         'version': metricner.__version__, 'git': commit, 'code': code,
         'environment': {'python': platform.python_version(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-                        'machine': platform.machine()},
+                        'machine': platform.machine(), 'device': str(device),
+                        'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None},
         'timings_s': timings, 'data': data_info,
         'sizes': {'target_labels': len(target.labels), 'parameters': tagger.parameter_counts()},
         'stage1': stage1, 'stage2': {'history': history}, 'files': analysis,

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from metricner import experiments
 from metricner.experiments import (SETTINGS, ExperimentConfig, StageCache, config_from_parameters, run_experiment)
@@ -128,6 +129,26 @@ def test_code_fingerprint_covers_the_modules_that_decide_results(tmp_path):
     assert experiments.code_fingerprint(package) == before
     (package / 'trainers.py').write_text((package / 'trainers.py').read_text(encoding='utf-8') + '\n# a change\n', encoding='utf-8')
     assert experiments.code_fingerprint(package) != before
+
+
+def test_device_is_checked_before_training(isolated):
+    with pytest.raises(ValueError, match='unknown device'):
+        config_from_parameters({'target': 'bc5cdr', 'profile': 'smoke', 'device': 'gpu'})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='no CUDA GPU'):
+            config_from_parameters({'target': 'bc5cdr', 'profile': 'smoke', 'device': 'cuda'})
+    assert config_from_parameters({'target': 'bc5cdr', 'profile': 'smoke'}).device == 'auto'  # the record keeps 'auto'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_runs_on_the_gpu_as_on_the_cpu(isolated):
+    gpu = run_experiment(smoke(isolated, setting='eg_ed', device='cuda'), StageCache(isolated / 'gpu'))
+    cpu = run_experiment(smoke(isolated, setting='eg_ed', device='cpu', out_dir=str(isolated / 'cpu')), StageCache(isolated / 'cpu'))
+    assert gpu['environment']['device'] == 'cuda' and gpu['environment']['gpu']
+    assert cpu['environment']['device'] == 'cpu' and cpu['environment']['gpu'] is None
+    assert gpu['stage1']['aux_similarity'] == cpu['stage1']['aux_similarity']
+    first_epoch = [(h['ce'], h['ms']) for h in (gpu['stage1']['history'][0], cpu['stage1']['history'][0])]
+    assert first_epoch[0] == pytest.approx(first_epoch[1], rel=1e-2)  # the same computation, up to float rounding
 
 
 def test_bad_parameters_fail_before_training():
