@@ -59,8 +59,10 @@ def resolve_backbone(name: str | Path | None = None) -> str:
 
 def backbone_reference(name: str | Path | None = None) -> str:
     "What a saved tagger records: `DEFAULT_BACKBONE` for the bundled MiniLM (its path changes with the environment), else the resolved name."
+    if name is None or str(name) in _MINILM_NAMES: return DEFAULT_BACKBONE
     resolved = resolve_backbone(name)
-    return DEFAULT_BACKBONE if resolved == str(bundled_minilm_path()) else resolved
+    try: return DEFAULT_BACKBONE if resolved == str(bundled_minilm_path()) else resolved
+    except BackboneError: return resolved  # the MiniLM package is not installed, so this is another backbone
 
 # %% ../nbs/01_encoder.ipynb #24489092
 @contextlib.contextmanager
@@ -436,12 +438,13 @@ def unit_spans_to_batch(batch: Batch, spans) -> tuple[torch.Tensor, torch.Tensor
     spans = torch.as_tensor(spans, dtype=torch.long).reshape(-1, 3)
     unit = torch.tensor([w.unit for w in batch.windows])
     first_word = torch.tensor([w.first_word for w in batch.windows])
+    owned = batch.owned.cpu()  # index bookkeeping stays on the CPU, wherever the batch lives
     local = spans[:, 1:2] - first_word[None, :]  # [E, B]: first word's index in each window
-    inside = (local >= 0) & (local < batch.owned.shape[1])
-    owns = (spans[:, :1] == unit[None, :]) & inside & batch.owned[torch.arange(len(unit))[None, :], local.clamp(0, batch.owned.shape[1] - 1)]
+    inside = (local >= 0) & (local < owned.shape[1])
+    owns = (spans[:, :1] == unit[None, :]) & inside & owned[torch.arange(len(unit))[None, :], local.clamp(0, owned.shape[1] - 1)]
     found = owns.any(1)
     row = owns.float().argmax(1)[found]
-    n_words = (batch.word_positions >= 0).sum(1)
+    n_words = (batch.word_positions >= 0).sum(1).cpu()
     first = spans[found, 1] - first_word[row]
     stop = torch.minimum(spans[found, 2] - first_word[row], n_words[row])  # an entity running past its window is cut
     return torch.stack([row, first, stop], 1), found

