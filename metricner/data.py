@@ -462,6 +462,7 @@ class CorpusSource:
     few_shot: tuple[float, int] | None = None  # the paper's sampler: (fraction, divisor)
     test_from: str = 'test'  # the raw split that serves as test
     carve_dev: int = 0  # documents carved from train as dev (when the release has no usable dev split)
+    source_like_types: tuple[str, ...] | None = None  # unlabelled types that are source-domain entities; None: every unlabelled type
 
 
 CHEMDNER_CLASSES = ('ABBREVIATION', 'FAMILY', 'FORMULA', 'IDENTIFIER', 'MULTIPLE', 'SYSTEMATIC', 'TRIVIAL')
@@ -470,12 +471,14 @@ BUILTIN_CORPORA = {
     'pc': CorpusSource('standoff', ('bionlp-st-2013-pc', 'BioNLP-ST_2013_PC'), exclude_types=('Simple_chemical',)),
     'cg': CorpusSource('standoff', ('bionlp-st-2013-cg', 'bionlp-st-2013-cg/original-data'), exclude_types=('Simple_chemical',)),
     'id': CorpusSource('standoff', ('bionlp-st-2011-id', 'bionlp-st-2011-id/original-data'), exclude_types=('Chemical',)),
-    'chemdner': CorpusSource('chemdner', ('chemdner', 'chemdner_corpus'), include_types=CHEMDNER_CLASSES, few_shot=(0.05, 15)),
+    # CHEMDNER's one unlabelled type, NO CLASS, marks chemicals, so it has no source-like annotations.
+    'chemdner': CorpusSource('chemdner', ('chemdner', 'chemdner_corpus'), include_types=CHEMDNER_CLASSES, few_shot=(0.05, 15),
+                             source_like_types=()),
     'bc5cdr': CorpusSource('pubtator', ('bc5cdr', 'BioCreative-V-CDR-Corpus/CDR_Data/CDR.Corpus.v010516',
                                         'BioCreative-V-CDR-Corpus/CDR_Data/CDR_Data/CDR.Corpus.v010516'),
-                           include_types=('Chemical',), few_shot=(0.2, 2)),
+                           include_types=('Chemical',), few_shot=(0.2, 2), source_like_types=('Disease',)),
     'drugprot': CorpusSource('drugprot', ('drugprot', 'drugprot-gs-training-development'), include_types=('CHEMICAL',),
-                             few_shot=(0.2, 2), test_from='dev', carve_dev=750),
+                             few_shot=(0.2, 2), test_from='dev', carve_dev=750, source_like_types=('GENE',)),
 }
 POOLED_SOURCES = {'all': ('pc', 'cg', 'id')}
 
@@ -510,6 +513,7 @@ class Corpus:
     splits: dict[str, list[Document]]
     types: tuple[str, ...]
     few_shot: tuple[float, int] | None = None
+    source_like: tuple[str, ...] | None = None  # unlabelled types that are source-domain entities; None: every unlabelled type
 
     @property
     def labels(self) -> list[str]:
@@ -555,7 +559,7 @@ def load_corpus(spec: str, data_dir: Path | None = None, types=None, exclude_typ
     splits = _arrange_splits(read_splits(source.format, folder), source)
     include = types if types is not None else source.include_types
     exclude = exclude_types if exclude_types is not None else source.exclude_types
-    return Corpus(spec, splits, _label_types(splits, include, exclude), source.few_shot)
+    return Corpus(spec, splits, _label_types(splits, include, exclude), source.few_shot, source.source_like_types)
 
 
 def _prefixed(doc: Document, prefix: str) -> Document:
@@ -620,7 +624,7 @@ class TaggedUnit:
     words: list[str]
     spans: list[Span]
     tags: list[str]
-    other_tags: list[str]
+    other_tags: list[str]  # BIO tags of the source-like annotations: unlabelled mentions such as BC5CDR's diseases
 
     def __len__(self): return len(self.words)
 
@@ -644,12 +648,13 @@ def _sentence_breaks(text: str, spans: list[Span], mentions) -> list[int]:
     return breaks
 
 
-def tag_document(doc: Document, types, unit: str = 'document', report: AlignmentReport | None = None) -> list[TaggedUnit]:
-    "Split a document into words and tag them; `unit` is 'document' or 'sentence'."
+def tag_document(doc: Document, types, unit: str = 'document', report: AlignmentReport | None = None,
+                 source_like=None) -> list[TaggedUnit]:
+    "Split a document into words and tag them; `unit` is 'document' or 'sentence'; `source_like` types (None: every unlabelled one) go to `other_tags`."
     if unit not in ('document', 'sentence'): raise ValueError(f"unit must be 'document' or 'sentence', not {unit!r}")
     types = set(types)
     labelled = [m for m in doc.mentions if m.type in types]
-    others = [m for m in doc.mentions if m.type not in types]
+    others = [m for m in doc.mentions if m.type not in types and (source_like is None or m.type in source_like)]
     spans = tokenize(doc.text, [b for m in doc.mentions for s in m.spans for b in s])
     tags, other_tags = bio_tags(spans, labelled, report), bio_tags(spans, others)
     cuts = [0] + (_sentence_breaks(doc.text, spans, doc.mentions) if unit == 'sentence' else []) + [len(spans)]
@@ -657,10 +662,10 @@ def tag_document(doc: Document, types, unit: str = 'document', report: Alignment
             for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def tag_documents(docs, types, unit: str = 'document') -> tuple[list[TaggedUnit], AlignmentReport]:
+def tag_documents(docs, types, unit: str = 'document', source_like=None) -> tuple[list[TaggedUnit], AlignmentReport]:
     "Tag many documents; returns the units and one report for all of them."
     report, units = AlignmentReport(), []
-    for doc in docs: units.extend(tag_document(doc, types, unit, report))
+    for doc in docs: units.extend(tag_document(doc, types, unit, report, source_like))
     return units, report
 
 # %% ../nbs/00_data.ipynb #7596f9f8

@@ -81,7 +81,7 @@ PROFILE_DEFAULTS = {
                   target_train=dict(lr=1e-4, batch_size=16, micro_batch_size=8, min_epochs=80, max_epochs=1000, patience=20)),
     'cpu': dict(backbone=None, mode='full', max_length=256,
                 source_train=dict(lr=1e-4, batch_size=16, min_epochs=2, max_epochs=4, patience=2),
-                target_train=dict(lr=1e-4, batch_size=8, min_epochs=15, max_epochs=30, patience=8)),
+                target_train=dict(lr=1e-4, batch_size=8, min_epochs=15, max_epochs=30, patience=8, max_steps=1000)),
     'smoke': dict(backbone='tiny', mode='full', max_length=64, max_documents={'train': 6, 'dev': 3, 'test': 6},
                   source_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1),
                   target_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1)),
@@ -213,7 +213,7 @@ class StageCache:
 # %% ../nbs/05_experiments.ipynb #c4a6e0a6
 def _units(corpus: Corpus, split: str, config: ExperimentConfig):
     docs = corpus[split][:config.max_documents[split]] if split in config.max_documents else corpus[split]
-    return tag_documents(docs, corpus.types, config.unit)
+    return tag_documents(docs, corpus.types, config.unit, corpus.source_like)
 
 
 def target_data(config: ExperimentConfig) -> tuple[Corpus, dict, dict]:

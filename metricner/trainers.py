@@ -128,7 +128,8 @@ class TrainConfig:
     ms: dict = field(default_factory=lambda: dict(alpha=2.0, beta=5.0, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1))
     eval_batch_size: int = 32
     seed: int = 42
-    max_seconds: float | None = None  # stop after the epoch that passes this budget (profiles for small machines)
+    max_steps: int | None = None  # stop after the epoch in which the optimiser steps reach this many
+    max_seconds: float | None = None  # stop after the epoch that passes this budget (ad-hoc runs; results then depend on the machine)
     progress: bool = True
 
     def __post_init__(self):
@@ -240,6 +241,7 @@ def train_stage(tagger: Tagger, train: list[TaggedUnit], dev: list[TaggedUnit], 
     optimizer = optimizer_for(tagger, config)
     micro = config.micro_batch_size or config.batch_size
     history, best_f1, best_state, best_epoch, started = [], -1.0, _trainable_state(tagger), 0, time.perf_counter()
+    total_steps = 0
     bar = tqdm(range(1, config.max_epochs + 1), desc=description, disable=not config.progress, leave=False)
     for epoch in bar:
         tagger.train()
@@ -258,7 +260,9 @@ def train_stage(tagger: Tagger, train: list[TaggedUnit], dev: list[TaggedUnit], 
                         'dev_precision': dev_scores['precision'], 'dev_recall': dev_scores['recall'], 'dev_f1': dev_scores['f1'],
                         'best': improved, 'seconds': time.perf_counter() - epoch_started})
         bar.set_postfix(loss=f'{history[-1]["ce"] + config.ms_weight * history[-1]["ms"]:.4f}', dev_f1=f'{dev_scores["f1"]:.4f}')
+        total_steps += steps
         if epoch >= config.min_epochs and epoch - best_epoch >= config.patience: break
+        if config.max_steps is not None and total_steps >= config.max_steps: break
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds: break
     bar.close()
     tagger.load_state_dict(best_state, strict=False)

@@ -104,3 +104,14 @@ def test_paper_sampler_on_chemdner(data_dir):
         first = next(i for i, u in enumerate(units) if label in u.tags)
         assert first in sample.indices
     assert len(sample.indices) < len(units) * 0.05
+
+
+@pytest.mark.parametrize('name, source_like', [('chemdner', set()), ('bc5cdr', {'Disease'}), ('drugprot', {'GENE'})])
+def test_source_like_annotations_of_the_targets(data_dir, name, source_like):
+    corpus = load_corpus(name, data_dir)
+    units, _ = tag_documents(corpus['test'][:100], corpus.types, source_like=corpus.source_like)
+    tagged = {t[2:] for u in units for t in u.other_tags if t != 'O'}
+    assert tagged == source_like  # CHEMDNER's NO CLASS chemicals are not source entities
+    pooled = load_corpus('all', data_dir)
+    units, _ = tag_documents(pooled['train'][:50], pooled.types, source_like=pooled.source_like)
+    assert {t[2:] for u in units for t in u.other_tags if t != 'O'} & {'Simple_chemical', 'Chemical'}
