@@ -21,15 +21,17 @@ from .data import PROJECT_ROOT
 from .experiments import ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir
 
 # %% auto #0
-__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'grid', 'run_folder', 'cell_status',
-           'run_grid', 'load_records', 'main_runs', 'results_table', 'paired_bootstrap', 'per_document',
-           'bootstrap_table', 'plot_f1_by_setting', 'plot_precision_recall_shift', 'plot_false_positives',
-           'plot_lambda_curve', 'plot_feature_projection', 'claims', 'build_site']
+__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'CLAIMS', 'FP_MEASURES',
+           'grid', 'run_folder', 'cell_status', 'grid_progress', 'run_grid', 'load_records', 'main_runs',
+           'results_table', 'per_type_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
+           'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift', 'plot_false_positives',
+           'plot_lambda_curve', 'plot_feature_projection', 'fp_column', 'claims', 'claims_summary', 'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
 SEEDS = (42, 13, 87)
 LAMBDAS = (0.05, 0.1, 0.2, 0.3)
+RUNS = PROJECT_ROOT / 'results' / 'runs'  # where records live by default
 
 
 def grid(profile: str = 'cpu') -> list[dict]:
@@ -45,24 +47,35 @@ def grid(profile: str = 'cpu') -> list[dict]:
     return [{'source': 'all', 'events': 'sentenc', 'profile': profile, **run} for run in runs]
 
 
-def run_folder(parameters: dict) -> Path:
-    "Where a grid run's record lives: the default output folder, with the λ_tgt in the name when it is not the default."
+def run_folder(parameters: dict, root: Path | None = None) -> Path:
+    "Where a grid run's record lives under `root` (default `RUNS`): the default output folder, with λ_tgt in the name when it is not the default."
     config = config_from_parameters(parameters)
     folder = default_out_dir(config)
     if config.lambda_tgt != ExperimentConfig.lambda_tgt: folder = folder.with_name(f'{folder.name}-lambda{config.lambda_tgt:g}')
-    return folder
+    return Path(root) / folder.relative_to(RUNS) if root else folder
 
 # %% ../nbs/06_report.ipynb #b117107f
-def cell_status(parameters: dict) -> str:
+def cell_status(parameters: dict, root: Path | None = None) -> str:
     "'done', 'stale' (recorded with other code), or 'missing' (absent, partial or another configuration)."
-    path = run_folder(parameters) / 'metrics.json'
-    if not path.exists(): return 'missing'
-    try: record = json.loads(path.read_text(encoding='utf-8'))
+    folder = run_folder(parameters, root)
+    if not (folder / 'metrics.json').exists(): return 'missing'
+    try: record = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
     except (OSError, json.JSONDecodeError): return 'missing'
-    wanted = asdict(config_from_parameters({**parameters, 'out_dir': str(run_folder(parameters))}))
+    wanted = asdict(config_from_parameters({**parameters, 'out_dir': str(folder)}))
     recorded = {**record.get('config', {}), 'out_dir': wanted['out_dir'], 'data_dir': wanted['data_dir']}
-    if recorded != {**wanted}: return 'missing'
+    if recorded != wanted: return 'missing'
     return 'done' if record.get('code') == code_fingerprint() else 'stale'
+
+
+def grid_progress(root: Path | None = None, profile: str = 'cpu') -> pd.DataFrame:
+    "Every cell of the grid with its status under `root`."
+    rows = []
+    for parameters in grid(profile):
+        config = config_from_parameters(parameters)
+        rows.append({'target': config.target, 'setting': config.setting, 'events': config.events, 'seed': config.seed,
+                     'lambda_tgt': config.lambda_tgt, 'status': cell_status(parameters, root),
+                     'folder': str(run_folder(parameters, root))})
+    return pd.DataFrame(rows)
 
 
 def run_grid(runs: list[dict] | None = None, keep_stale: bool = False, dry_run: bool = False, log=print) -> list[dict]:
@@ -85,13 +98,14 @@ def _fp_share(record: dict, kind: str) -> float:
 
 
 RECORD_COLUMNS = ['target', 'source', 'setting', 'events', 'seed', 'lambda_tgt', 'profile', 'precision', 'recall', 'f1',
-                  'strict_f1', 'fp_gold_source_like', 'fp_source_model', 'pseudo_entities', 'minutes', 'commit', 'folder']
+                  'strict_f1', 'fp_gold_source_like', 'fp_source_model', 'pseudo_entities', 'minutes', 'commit', 'current',
+                  'folder']
 
 
 def load_records(root: Path | None = None) -> pd.DataFrame:
-    "One row per `metrics.json` under `root` (default: results/runs)."
-    rows = []
-    for path in sorted(Path(root or PROJECT_ROOT / 'results' / 'runs').rglob('metrics.json')):
+    "One row per `metrics.json` under `root` (default: results/runs); `current` is False for records of older code."
+    rows, code = [], code_fingerprint()
+    for path in sorted(Path(root or RUNS).rglob('metrics.json')):
         r = json.loads(path.read_text(encoding='utf-8'))
         c = r['config']
         rows.append({'target': c['target'], 'source': c['source'], 'setting': c['setting'], 'events': c['events'],
@@ -100,7 +114,7 @@ def load_records(root: Path | None = None) -> pd.DataFrame:
                      'fp_gold_source_like': _fp_share(r, 'gold_source_like'), 'fp_source_model': _fp_share(r, 'source_model'),
                      'pseudo_entities': (r.get('pseudo_labels') or {}).get('entities'),
                      'minutes': r['timings_s']['total'] / 60, 'commit': (r.get('git') or {}).get('commit'),
-                     'folder': str(path.parent)})
+                     'current': r.get('code') == code, 'folder': str(path.parent)})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 # %% ../nbs/06_report.ipynb #17574bef
@@ -131,6 +145,22 @@ def results_table(records: pd.DataFrame, target: str, metrics=('precision', 'rec
     table.index = [SETTING_NAMES[s] for s in table.index]
     return table
 
+# %% ../nbs/06_report.ipynb #1c0eb852
+def per_type_table(records: pd.DataFrame, target: str) -> pd.DataFrame:
+    "Setting × entity type: test F1 (%) as the mean over seeds, read from each record's per-type scores."
+    runs = main_runs(records)
+    runs = runs[runs.target == target]
+    rows = []
+    for setting, folder in zip(runs.setting, runs.folder):
+        per_type = json.loads((Path(folder) / 'metrics.json').read_text(encoding='utf-8'))['per_type']
+        rows += [{'setting': setting, 'type': t, 'f1': 100 * s['f1-score'], 'support': s['support']} for t, s in per_type.items()]
+    if not rows: return pd.DataFrame()
+    scores = pd.DataFrame(rows)
+    table = scores.pivot_table(index='setting', columns='type', values='f1', aggfunc='mean')
+    table = table.loc[[s for s in SETTING_ORDER if s in table.index]].rename(index=SETTING_NAMES).round(2)
+    table.columns = [f'{t} ({int(scores[scores.type == t].support.iloc[0]):,})' for t in table.columns]  # with the test support
+    return table
+
 # %% ../nbs/06_report.ipynb #45ef5987
 def _f1(counts: np.ndarray) -> np.ndarray:
     "Micro F1 of summed (tp, fp, fn) along the last axis."
@@ -154,8 +184,8 @@ def per_document(folder) -> tuple[list[str], np.ndarray]:
     return data['documents'], np.asarray(data['tp_fp_fn'])
 
 # %% ../nbs/06_report.ipynb #fefadb9b
-def bootstrap_table(records: pd.DataFrame, against=('direct_transfer', 'target_only')) -> pd.DataFrame:
-    "EG+ED against each baseline, per target and seed: ΔF1 and its bootstrap interval and p-value."
+def bootstrap_table(records: pd.DataFrame, against=('direct_transfer', 'target_only'), samples: int = 2000) -> pd.DataFrame:
+    "EG+ED against each baseline, per target and seed: ΔF1 in points, its 95% bootstrap interval, and p = P(Δ ≤ 0)."
     runs = main_runs(records)
     rows = []
     for (target, seed), group in runs.groupby(['target', 'seed']):
@@ -168,11 +198,20 @@ def bootstrap_table(records: pd.DataFrame, against=('direct_transfer', 'target_o
         for baseline in baselines:
             docs_b, theirs = per_document(by_setting[baseline])
             if docs != docs_b: raise ValueError(f'{target} seed {seed}: EG+ED and {baseline} were scored on different documents')
-            result = paired_bootstrap(ours, theirs, seed=seed)
-            rows.append({'target': target, 'seed': seed, 'against': SETTING_NAMES[baseline],
-                         'ΔF1': 100 * result['delta_f1'], '95% interval': f"[{100 * result['ci95'][0]:.2f}, {100 * result['ci95'][1]:.2f}]",
-                         'p (not better)': result['p_not_better']})
-    return pd.DataFrame(rows)
+            result = paired_bootstrap(ours, theirs, samples=samples, seed=seed)
+            rows.append({'target': target, 'seed': seed, 'against': baseline, 'delta_f1': 100 * result['delta_f1'],
+                         'ci_low': 100 * result['ci95'][0], 'ci_high': 100 * result['ci95'][1], 'p_not_better': result['p_not_better']})
+    return pd.DataFrame(rows, columns=['target', 'seed', 'against', 'delta_f1', 'ci_low', 'ci_high', 'p_not_better'])
+
+
+def bootstrap_markdown(table: pd.DataFrame) -> str:
+    "The bootstrap table for a page: ΔF1 (points) with its interval, and p."
+    if not len(table): return 'No pairs of runs yet.'
+    shown = pd.DataFrame({'target': table.target, 'seed': table.seed, 'EG+ED against': table.against.map(SETTING_NAMES),
+                          'ΔF1': table.delta_f1.map('{:+.2f}'.format),
+                          '95% interval': [f'[{a:+.2f}, {b:+.2f}]' for a, b in zip(table.ci_low, table.ci_high)],
+                          'p (not better)': table.p_not_better.map('{:.3f}'.format)})
+    return shown.to_markdown(index=False)
 
 # %% ../nbs/06_report.ipynb #e79a4593
 def _sns():
@@ -271,26 +310,62 @@ def plot_feature_projection(folders: dict, seed: int = 0):
     return fig
 
 # %% ../nbs/06_report.ipynb #89e02c1c
+CLAIMS = (  # (claim, baseline, measure, sign of the claimed change)
+    ('higher F1 than Direct Transfer', 'direct_transfer', 'f1', +1),
+    ('higher F1 than Target Only', 'target_only', 'f1', +1),
+    ('higher recall of target entities than Direct Transfer', 'direct_transfer', 'recall', +1),
+    ('fewer source-entity false positives than Direct Transfer', 'direct_transfer', 'false positives', -1),
+)
+FP_MEASURES = {'fp_gold_source_like': 'share overlapping gold source-like annotations',
+               'fp_source_model': 'share overlapping source-model entities'}
+
+
+def fp_column(runs: pd.DataFrame) -> str:
+    "A target's false-positive measure: gold source-like annotations where it has them (BC5CDR, DrugProt), else the source model's entities."
+    return 'fp_gold_source_like' if runs.fp_gold_source_like.notna().any() else 'fp_source_model'
+
+
+def _claim_row(target, claim, baseline, column, sign, pairs: pd.DataFrame, boot: pd.DataFrame) -> dict:
+    "One claim on one target from the seeds that have both runs (`pairs`: seed, ours, base in points)."
+    delta = pairs.ours - pairs.base
+    right_way = sign * delta.mean() > 0
+    if column == 'f1' and len(boot):  # significance from the paired bootstrap of each seed
+        evidence = '; '.join(f'seed {r.seed}: {r.delta_f1:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]' for r in boot.itertuples())
+        every_seed = len(boot) == len(pairs) and (boot.ci_low > 0).all()
+    else:
+        evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
+        every_seed = (sign * delta > 0).all()
+    verdict = 'supported' if right_way and every_seed else 'not supported' if not right_way else 'inconclusive'
+    return {'target': target, 'claim': claim, 'measure': column.replace('fp_', '').replace('_', ' '), 'seeds': len(pairs),
+            'baseline': pairs.base.mean(), 'EG+ED': pairs.ours.mean(), 'Δ': delta.mean(), 'evidence': evidence, 'verdict': verdict}
+
+
 def claims(records: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
-    "Per target and claim: the evidence (means over seeds) and whether it supports the claim."
+    """Each claim of the paper on each target, judged on the seeds that have both runs (values in percent):
+    *supported* when the change goes the claimed way at every seed (for F1: with every seed's bootstrap interval above 0),
+    *not supported* when the mean change goes the other way or is zero, else *inconclusive*."""
     runs = main_runs(records)
     rows = []
     for target, group in runs.groupby('target'):
-        means = group.groupby('setting')[['f1', 'recall', 'fp_source_model', 'fp_gold_source_like']].mean()
-        if not {'direct_transfer', 'eg_ed'} <= set(means.index): continue
-        ours, base = means.loc['eg_ed'], means.loc['direct_transfer']
-        boot = bootstrap[(bootstrap.target == target) & (bootstrap.against == 'Direct Transfer')] if len(bootstrap) else bootstrap
-        significant = len(boot) > 0 and all(float(i.strip('[]').split(',')[0]) > 0 for i in boot['95% interval'])
-        fp_kind = 'fp_gold_source_like' if not math.isnan(ours.fp_gold_source_like) else 'fp_source_model'
-        rows += [
-            {'target': target, 'claim': 'better F1', 'Direct Transfer': 100 * base.f1, 'EG+ED': 100 * ours.f1,
-             'supported': bool(ours.f1 > base.f1 and significant)},
-            {'target': target, 'claim': 'better target recall', 'Direct Transfer': 100 * base.recall, 'EG+ED': 100 * ours.recall,
-             'supported': bool(ours.recall > base.recall)},
-            {'target': target, 'claim': 'fewer source-entity false positives', 'Direct Transfer': 100 * base[fp_kind],
-             'EG+ED': 100 * ours[fp_kind], 'supported': bool(ours[fp_kind] < base[fp_kind])},
-        ]
+        for claim, baseline, measure, sign in CLAIMS:
+            column = fp_column(group[group.setting.isin(['eg_ed', baseline])]) if measure == 'false positives' else measure
+            by_seed = group[group.setting.isin(['eg_ed', baseline])].pivot_table(index='seed', columns='setting', values=column)
+            if not {'eg_ed', baseline} <= set(by_seed.columns): continue
+            pairs = (100 * by_seed[['eg_ed', baseline]].dropna()).set_axis(['ours', 'base'], axis=1)
+            if not len(pairs): continue
+            boot = bootstrap[(bootstrap.target == target) & (bootstrap.against == baseline)] if len(bootstrap) else bootstrap
+            rows.append(_claim_row(target, claim, baseline, column, sign, pairs, boot))
     return pd.DataFrame(rows)
+
+
+def claims_summary(table: pd.DataFrame) -> str:
+    "One Markdown line per target: which claims this reproduction supports, which it does not, which it leaves open."
+    lines = []
+    for target, group in table.groupby('target', sort=False):
+        parts = [f'{verdict}: ' + '; '.join(group[group.verdict == verdict].claim)
+                 for verdict in ('supported', 'not supported', 'inconclusive') if (group.verdict == verdict).any()]
+        lines.append(f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — ' + ' — '.join(parts))
+    return '\n'.join(lines) if lines else 'Not enough runs to judge any claim yet.'
 
 # %% ../nbs/06_report.ipynb #6d6c8fcd
 def _nbconvert(notebook: Path, out_dir: Path, name: str, execute: bool = False, cwd: Path | None = None,

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metricner.experiments import ExperimentConfig, StageCache, run_experiment
-from metricner.report import (build_site, cell_status, grid, load_records, paired_bootstrap, results_table, run_folder)
+from metricner.experiments import ExperimentConfig, StageCache, config_from_parameters, run_experiment
+from metricner.report import (build_site, cell_status, claims, bootstrap_table, grid, grid_progress, load_records, paired_bootstrap,
+                              per_type_table, results_table, run_folder)
 
 
 def test_grid_matches_the_issue():
@@ -55,6 +56,25 @@ def test_records_and_table(smoke_results):
     assert list(table.index) == ['Target Only', 'Direct Transfer', 'EG+ED']
     assert all('(2)' in cell for cell in table['f1'])
     assert sum(cell.startswith('**') for cell in table['f1']) >= 1
+    per_type = per_type_table(records, 'bc5cdr')
+    assert list(per_type.index) == ['Target Only', 'Direct Transfer', 'EG+ED'] and per_type.columns[0].startswith('Chemical (')
+    mean_f1 = records[records.setting == 'eg_ed'].f1.mean() * 100  # one type: its F1 is the micro F1
+    assert per_type.loc['EG+ED'].iloc[0] == pytest.approx(mean_f1, abs=0.01)
+    boot = bootstrap_table(records, samples=200)
+    assert len(boot) == 4 and set(boot.against) == {'direct_transfer', 'target_only'}  # 2 seeds × 2 baselines
+    verdict = claims(records, boot)
+    assert len(verdict) == 4 and set(verdict.verdict) <= {'supported', 'not supported', 'inconclusive'}
+    assert (verdict.seeds == 2).all() and (verdict.measure == ['f1', 'f1', 'recall', 'gold source like']).all()
+
+
+def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv('METRICNER_DATA', str(data_dir))
+    monkeypatch.setenv('METRICNER_CACHE', str(tmp_path / 'cache'))
+    cell = next(r for r in grid('smoke') if (r['target'], r['setting'], r['seed']) == ('bc5cdr', 'target_only', 42))
+    folder = run_folder(cell, tmp_path / 'runs')
+    run_experiment(config_from_parameters({**cell, 'out_dir': str(folder)}))
+    progress = grid_progress(tmp_path / 'runs', 'smoke')
+    assert len(progress) == len(grid()) and list(progress[progress.status == 'done'].folder) == [str(folder)]
 
 
 def test_site_builds_from_records_alone(smoke_results, tmp_path):
@@ -70,7 +90,7 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
 def test_cell_status(tmp_path, monkeypatch):
     import metricner.report as report
     run = grid()[0]
-    monkeypatch.setattr(report, 'run_folder', lambda parameters: tmp_path / 'cell')
+    monkeypatch.setattr(report, 'run_folder', lambda parameters, root=None: tmp_path / 'cell')
     assert cell_status(run) == 'missing'
     (tmp_path / 'cell').mkdir()
     (tmp_path / 'cell' / 'metrics.json').write_text('{"truncated": ')
