@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,8 @@ from .experiments import ExperimentConfig, code_fingerprint, config_from_paramet
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'CLAIMS', 'FP_MEASURES',
-           'grid', 'run_folder', 'cell_status', 'grid_progress', 'run_grid', 'load_records', 'main_runs',
-           'results_table', 'per_type_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
+           'grid', 'run_folder', 'cell_status', 'grid_progress', 'compact_progress_output', 'run_grid', 'load_records',
+           'main_runs', 'results_table', 'per_type_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
            'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift', 'plot_false_positives',
            'plot_lambda_curve', 'plot_feature_projection', 'fp_column', 'claims', 'claims_summary', 'build_site']
 
@@ -77,19 +78,49 @@ def grid_progress(root: Path | None = None, profile: str = 'cpu') -> pd.DataFram
                      'folder': str(run_folder(parameters, root))})
     return pd.DataFrame(rows)
 
+# %% ../nbs/06_report.ipynb #c4f1ff45
+_ESCAPES = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def compact_progress_output(notebook: Path) -> None:
+    "Keep what a terminal would finally show of a notebook's progress bars: merge stream outputs, resolve carriage returns."
+    import nbformat
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != 'code': continue
+        merged = []
+        for out in cell.get('outputs', []):
+            if out.output_type == 'stream' and merged and merged[-1].output_type == 'stream' and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else: merged.append(out)
+        for out in merged:
+            if out.output_type != 'stream': continue
+            lines = (_ESCAPES.sub('', line).rsplit('\r', 1)[-1].rstrip() for line in out.text.split('\n'))
+            out.text = '\n'.join(line for line in lines if line) + '\n'
+        cell.outputs = merged
+    nbformat.write(nb, str(notebook))
+
 
 def run_grid(runs: list[dict] | None = None, keep_stale: bool = False, dry_run: bool = False, log=print) -> list[dict]:
-    "Run every grid cell that is not done (in grid order); returns the cells it ran (or would run)."
+    "Run every grid cell that is not done (in grid order); a failed run is reported and the others still run. Returns the cells it ran (or would run)."
     import papermill
     todo = [r for r in (runs or grid()) if cell_status(r) not in (('done', 'stale') if keep_stale else ('done',))]
     log(f'{len(todo)} of {len(runs or grid())} grid runs to do')
+    failed = []
     for parameters in ([] if dry_run else todo):
         folder = run_folder(parameters)
         folder.mkdir(parents=True, exist_ok=True)
-        log(f'running {folder.relative_to(PROJECT_ROOT)}')
-        papermill.execute_notebook(str(PROJECT_ROOT / 'nbs' / 'run_experiment.ipynb'), str(folder / 'run.ipynb'),
-                                   parameters={**parameters, 'out_dir': str(folder)}, cwd=str(PROJECT_ROOT / 'nbs'),
-                                   progress_bar=False)
+        log(f'running {folder}')
+        try:
+            papermill.execute_notebook(str(PROJECT_ROOT / 'nbs' / 'run_experiment.ipynb'), str(folder / 'run.ipynb'),
+                                       parameters={**parameters, 'out_dir': str(folder)}, cwd=str(PROJECT_ROOT / 'nbs'),
+                                       progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            failed.append(folder)
+            log(f'FAILED {folder}: {error.ename}: {error.evalue} (see its run.ipynb)')
+        finally:
+            if (folder / 'run.ipynb').exists(): compact_progress_output(folder / 'run.ipynb')
+    if failed: raise RuntimeError(f'{len(failed)} grid run(s) failed: ' + ', '.join(map(str, failed)))
     return todo
 
 # %% ../nbs/06_report.ipynb #66672ae7

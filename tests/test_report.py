@@ -95,3 +95,19 @@ def test_cell_status(tmp_path, monkeypatch):
     (tmp_path / 'cell').mkdir()
     (tmp_path / 'cell' / 'metrics.json').write_text('{"truncated": ')
     assert cell_status(run) == 'missing'  # a broken record is not a finished run
+
+
+def test_run_grid_goes_on_after_a_failed_run(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+    import metricner.report as report
+    monkeypatch.setattr(report, 'run_folder', lambda parameters, root=None: tmp_path / f"{parameters['target']}-{parameters['setting']}")
+    ran = []
+    def execute(template, output, parameters, **options):
+        ran.append(parameters['setting'])
+        nbformat.write(nbformat.v4.new_notebook(), output)
+        if len(ran) == 1: raise papermill.PapermillExecutionError(3, 3, 'run()', 'ValueError', 'bad corpus', [])
+    monkeypatch.setattr(papermill, 'execute_notebook', execute)
+    with pytest.raises(RuntimeError, match='1 grid run'):
+        report.run_grid(grid()[:2], log=lambda *_: None)
+    assert ran == ['direct_transfer', 'ed']  # the second run still ran
