@@ -24,9 +24,10 @@ from .experiments import ExperimentConfig, code_fingerprint, config_from_paramet
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'CLAIMS', 'FP_MEASURES',
            'grid', 'run_folder', 'cell_status', 'grid_progress', 'compact_progress_output', 'run_grid', 'load_records',
-           'main_runs', 'results_table', 'per_type_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
-           'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift', 'plot_false_positives',
-           'plot_lambda_curve', 'plot_feature_projection', 'fp_column', 'claims', 'claims_summary', 'build_site']
+           'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap', 'per_document',
+           'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift',
+           'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'fp_column', 'claims',
+           'claims_summary', 'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -191,6 +192,18 @@ def per_type_table(records: pd.DataFrame, target: str) -> pd.DataFrame:
     table = table.loc[[s for s in SETTING_ORDER if s in table.index]].rename(index=SETTING_NAMES).round(2)
     table.columns = [f'{t} ({int(scores[scores.type == t].support.iloc[0]):,})' for t in table.columns]  # with the test support
     return table
+
+# %% ../nbs/06_report.ipynb #52020226
+def ablation_table(records: pd.DataFrame, target: str = 'chemdner', seed: int = 42) -> pd.DataFrame:
+    "The ablations of one target and seed: EG+ED by event paradigm and λ_tgt, against Direct Transfer (P/R/F1 in %)."
+    runs = records[(records.target == target) & (records.seed == seed)]
+    eg_ed = runs[runs.setting == 'eg_ed'].sort_values(['events', 'lambda_tgt'], ascending=[False, True])
+    rows = [{'run': f'EG+ED, {e}, λ_tgt = {l:g}', 'precision': p, 'recall': r, 'f1': f}
+            for e, l, p, r, f in zip(eg_ed.events, eg_ed.lambda_tgt, eg_ed.precision, eg_ed.recall, eg_ed.f1)]
+    rows += [{'run': 'Direct Transfer', 'precision': p, 'recall': r, 'f1': f}
+             for p, r, f in zip(*(runs[runs.setting == 'direct_transfer'][m] for m in ('precision', 'recall', 'f1')))]
+    table = pd.DataFrame(rows, columns=['run', 'precision', 'recall', 'f1']).set_index('run')
+    return (100 * table).round(2)
 
 # %% ../nbs/06_report.ipynb #45ef5987
 def _f1(counts: np.ndarray) -> np.ndarray:
