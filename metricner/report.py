@@ -130,8 +130,8 @@ def _fp_share(record: dict, kind: str) -> float:
 
 
 RECORD_COLUMNS = ['target', 'source', 'setting', 'events', 'seed', 'lambda_tgt', 'profile', 'precision', 'recall', 'f1',
-                  'strict_f1', 'fp_gold_source_like', 'fp_source_model', 'pseudo_entities', 'minutes', 'commit', 'current',
-                  'folder']
+                  'strict_f1', 'fp_gold_source_like', 'fp_source_model', 'pseudo_entities', 'minutes', 'device', 'commit',
+                  'current', 'folder']
 
 
 def load_records(root: Path | None = None) -> pd.DataFrame:
@@ -145,7 +145,8 @@ def load_records(root: Path | None = None) -> pd.DataFrame:
                      'precision': r['precision'], 'recall': r['recall'], 'f1': r['f1'], 'strict_f1': r['strict']['f1'],
                      'fp_gold_source_like': _fp_share(r, 'gold_source_like'), 'fp_source_model': _fp_share(r, 'source_model'),
                      'pseudo_entities': (r.get('pseudo_labels') or {}).get('entities'),
-                     'minutes': r['timings_s']['total'] / 60, 'commit': (r.get('git') or {}).get('commit'),
+                     'minutes': r['timings_s']['total'] / 60, 'device': r['environment'].get('device', 'cpu'),
+                     'commit': (r.get('git') or {}).get('commit'),
                      'current': r.get('code') == code, 'folder': str(path.parent)})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 

@@ -111,3 +111,16 @@ def test_run_grid_goes_on_after_a_failed_run(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match='1 grid run'):
         report.run_grid(grid()[:2], log=lambda *_: None)
     assert ran == ['direct_transfer', 'ed']  # the second run still ran
+
+
+def test_committed_records_are_complete_and_name_commits_of_this_repository():
+    root = Path(__file__).resolve().parent.parent
+    if not (root / '.git').exists(): pytest.skip('not a git checkout')
+    import subprocess
+    for metrics in sorted((root / 'results' / 'runs').rglob('metrics.json')):
+        record = json.loads(metrics.read_text(encoding='utf-8'))
+        commit = record['git']['commit']
+        assert commit and record['git']['dirty'] is False, f'{metrics}: made from uncommitted code'
+        found = subprocess.run(['git', '-C', str(root), 'cat-file', '-e', f'{commit}^{{commit}}'], capture_output=True)
+        assert found.returncode == 0, f'{metrics}: its commit {commit} is not in this repository'
+        assert (metrics.parent / 'per_document.json').exists(), f'{metrics}: no per-document counts beside it'
