@@ -288,9 +288,10 @@ def plot_precision_recall_shift(records: pd.DataFrame):
     plt, sns = _sns()
     runs = main_runs(records)
     means = runs[runs.setting.isin(['direct_transfer', 'eg_ed'])].groupby(['target', 'setting'])[['precision', 'recall']].mean()
+    targets = [t for t in means.index.get_level_values(0).unique() if {(t, 'direct_transfer'), (t, 'eg_ed')} <= set(means.index)]
+    if not targets: return None  # no target has both runs yet
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for target in means.index.get_level_values(0).unique():
-        if (target, 'direct_transfer') not in means.index or (target, 'eg_ed') not in means.index: continue
+    for target in targets:
         start, end = means.loc[(target, 'direct_transfer')] * 100, means.loc[(target, 'eg_ed')] * 100
         ax.annotate('', xy=(end.recall, end.precision), xytext=(start.recall, start.precision),
                     arrowprops=dict(arrowstyle='->', lw=1.5))
@@ -311,6 +312,7 @@ def plot_false_positives(records: pd.DataFrame):
     long['measure'] = long.measure.map({'fp_gold_source_like': 'overlaps a gold source-like annotation',
                                         'fp_source_model': 'tagged as a source entity by the source model'})
     long['setting'] = long.setting.map(SETTING_NAMES)
+    if not len(long): return None
     long['share'] *= 100
     grid_ = sns.catplot(data=long, kind='bar', x='setting', y='share', hue='target', col='measure', errorbar=None,
                         order=[SETTING_NAMES[s] for s in SETTING_ORDER if SETTING_NAMES[s] in set(long.setting)], height=3.6, aspect=1.3)
@@ -326,6 +328,7 @@ def plot_lambda_curve(records: pd.DataFrame, target: str = 'chemdner'):
     plt, sns = _sns()
     runs = records[(records.target == target) & (records.seed == 42)]
     sweep = runs[(runs.setting == 'eg_ed') & (runs.events == 'sentenc')].sort_values('lambda_tgt')
+    if len(sweep) < 2: return None  # not a curve yet
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(x=sweep.lambda_tgt, y=100 * sweep.f1, marker='o', ax=ax, label='EG+ED')
     baseline = runs[runs.setting == 'direct_transfer'].f1
