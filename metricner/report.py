@@ -23,9 +23,9 @@ from .experiments import ExperimentConfig, code_fingerprint, config_from_paramet
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'CLAIMS', 'FP_MEASURES',
-           'grid', 'run_folder', 'cell_status', 'grid_progress', 'compact_progress_output', 'run_grid', 'load_records',
-           'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap', 'per_document',
-           'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift',
+           'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output', 'run_grid',
+           'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap',
+           'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'fp_column', 'claims',
            'claims_summary', 'build_site']
 
@@ -80,11 +80,28 @@ def grid_progress(root: Path | None = None, profile: str = 'cpu') -> pd.DataFram
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_report.ipynb #c4f1ff45
-_ESCAPES = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+_CONTROL = re.compile(r'\r|\n|\x1b\[(\d*)([A-Za-z])')
+
+
+def terminal_text(text: str) -> str:
+    "What a terminal shows after printing `text`: carriage returns overwrite, cursor-up escapes (tqdm's nested bars) move back."
+    lines, row, at_start, pos = [''], 0, True, 0
+    def write(chunk):
+        nonlocal at_start
+        if chunk: lines[row] = chunk if at_start else lines[row] + chunk; at_start = False
+    for control in _CONTROL.finditer(text):
+        write(text[pos:control.start()]); pos = control.end()
+        if control.group() == '\n':
+            row += 1
+            if row == len(lines): lines.append('')
+        elif control.group(2) == 'A': row = max(0, row - int(control.group(1) or 1))
+        at_start = True
+    write(text[pos:])
+    return ''.join(line.rstrip() + '\n' for line in lines if line.strip())
 
 
 def compact_progress_output(notebook: Path) -> None:
-    "Keep what a terminal would finally show of a notebook's progress bars: merge stream outputs, resolve carriage returns."
+    "Keep what a terminal would finally show of a notebook's streams (progress bars redraw thousands of times)."
     import nbformat
     nb = nbformat.read(str(notebook), as_version=4)
     for cell in nb.cells:
@@ -95,10 +112,8 @@ def compact_progress_output(notebook: Path) -> None:
                 merged[-1].text += out.text
             else: merged.append(out)
         for out in merged:
-            if out.output_type != 'stream': continue
-            lines = (_ESCAPES.sub('', line).rsplit('\r', 1)[-1].rstrip() for line in out.text.split('\n'))
-            out.text = '\n'.join(line for line in lines if line) + '\n'
-        cell.outputs = merged
+            if out.output_type == 'stream': out.text = terminal_text(out.text)
+        cell.outputs = [out for out in merged if out.output_type != 'stream' or out.text]
     nbformat.write(nb, str(notebook))
 
 
