@@ -275,9 +275,7 @@ def bootstrap_markdown(table: pd.DataFrame) -> str:
 
 # %% ../nbs/06_report.ipynb #e79a4593
 def _sns():
-    import matplotlib
-    matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the notebook's inline backend, or Agg where there is no display
     import seaborn as sns
     sns.set_theme(style='whitegrid', context='notebook')
     return plt, sns
@@ -290,8 +288,8 @@ def plot_f1_by_setting(records: pd.DataFrame):
     order = [SETTING_NAMES[s] for s in SETTING_ORDER if s in set(runs.setting)]
     fig, ax = plt.subplots(figsize=(9, 4))
     sns.barplot(data=runs, x='target', y='f1_pct', hue='setting_name', hue_order=order, errorbar=None, ax=ax)
-    sns.stripplot(data=runs, x='target', y='f1_pct', hue='setting_name', hue_order=order, dodge=True, color='black',
-                  size=3, legend=False, ax=ax)
+    sns.stripplot(data=runs, x='target', y='f1_pct', hue='setting_name', hue_order=order, dodge=True,
+                  palette={name: 'black' for name in order}, size=3, legend=False, ax=ax)
     ax.set(xlabel='target', ylabel='test micro-F1 (%)', title='F1 by setting and target')
     ax.legend(title='setting', bbox_to_anchor=(1.01, 1), loc='upper left')
     fig.tight_layout()
