@@ -17,7 +17,7 @@ from .experiments import PROFILES, SETTINGS, config_from_parameters, run_experim
 from .events import PARADIGMS
 
 # %% auto #0
-__all__ = ['cmd_stats', 'cmd_run', 'cmd_bench', 'cmd_download', 'build_parser', 'main']
+__all__ = ['cmd_stats', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
@@ -53,6 +53,23 @@ def cmd_bench(args) -> int:
 def cmd_download(args) -> int:
     summary = download(args.corpora or None, args.to, progress=not args.quiet)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_results(args) -> int:
+    from metricner.report import grid, grid_progress, run_grid  # pandas and papermill: only when asked for
+    if args.status:
+        progress = grid_progress(profile=args.profile)
+        print(progress.drop(columns=['folder']).to_string(index=False))
+        print(', '.join(f'{n} {status}' for status, n in progress.status.value_counts().items()))
+        return 0
+    run_grid(grid(args.profile), keep_stale=args.keep_stale, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from metricner.report import build_site
+    print(build_site(args.out, use_quarto=False if args.no_quarto else None, profile=args.profile))
     return 0
 
 # %% ../nbs/07_cli.ipynb #cc486e39
@@ -95,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument('--to', type=Path, default=None, help='destination (default: the data directory)')
     fetch.add_argument('--quiet', action='store_true', help='no progress bars')
     fetch.set_defaults(run=cmd_download)
+
+    results = commands.add_parser('results', help="run the missing runs of the published grid (resumable), or show its status")
+    results.add_argument('--status', action='store_true', help='list every run of the grid as done, stale or missing; run nothing')
+    results.add_argument('--dry-run', action='store_true', help='say how many runs are to do; run nothing')
+    results.add_argument('--keep-stale', action='store_true', help='keep records made with older code instead of re-running them')
+    results.add_argument('--profile', default='cpu', choices=PROFILES, help='whose grid (default: cpu)')
+    results.set_defaults(run=cmd_results)
+
+    report = commands.add_parser('report', help='build the report site from the committed records (no training)')
+    report.add_argument('--out', type=Path, default=None, help='output folder (default: _site)')
+    report.add_argument('--no-quarto', action='store_true', help='build with nbconvert even where Quarto is installed')
+    report.add_argument('--profile', default='cpu', choices=PROFILES, help='whose records the results page shows (default: cpu)')
+    report.set_defaults(run=cmd_report)
     return parser
 
 

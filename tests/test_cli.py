@@ -40,3 +40,14 @@ def test_errors_are_one_line(tmp_path):
     assert result.stderr.strip().count('\n') == 0 and 'a.a1:1: T1: text' in result.stderr
     missing = run('stats', 'chemdner', '--data-dir', str(tmp_path))
     assert missing.returncode == 2 and 'metricner download chemdner' in missing.stderr
+
+
+def test_results_status_and_dry_run():
+    from metricner.report import grid
+    status = run('results', '--status')
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.strip().splitlines()
+    assert len(lines) == 1 + len(grid()) + 1  # header, one line per run, the counts
+    assert all(word in lines[0] for word in ('target', 'setting', 'seed', 'status'))
+    dry = run('results', '--dry-run')
+    assert dry.returncode == 0 and 'grid runs to do' in dry.stdout
