@@ -22,7 +22,7 @@ from .data import PROJECT_ROOT
 from .experiments import ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir
 
 # %% auto #0
-__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'CLAIMS', 'FP_MEASURES',
+__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'FP_MEASURES', 'CLAIMS',
            'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output', 'run_grid',
            'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap',
            'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'plot_precision_recall_shift',
@@ -274,6 +274,10 @@ def bootstrap_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False)
 
 # %% ../nbs/06_report.ipynb #e79a4593
+FP_MEASURES = {'fp_gold_source_like': 'overlaps a gold source-like annotation',
+               'fp_source_model': "tagged as a source entity by the run's own source model"}
+
+
 def _sns():
     import matplotlib.pyplot as plt  # the notebook's inline backend, or Agg where there is no display
     import seaborn as sns
@@ -322,8 +326,7 @@ def plot_false_positives(records: pd.DataFrame):
     runs = main_runs(records)
     long = runs.melt(id_vars=['target', 'setting'], value_vars=['fp_gold_source_like', 'fp_source_model'],
                      var_name='measure', value_name='share').dropna()
-    long['measure'] = long.measure.map({'fp_gold_source_like': 'overlaps a gold source-like annotation',
-                                        'fp_source_model': 'tagged as a source entity by the source model'})
+    long['measure'] = long.measure.map(FP_MEASURES)
     long['setting'] = long.setting.map(SETTING_NAMES)
     if not len(long): return None
     long['share'] *= 100
@@ -377,8 +380,6 @@ CLAIMS = (  # (claim, baseline, measure, sign of the claimed change)
     ('higher recall of target entities than Direct Transfer', 'direct_transfer', 'recall', +1),
     ('fewer source-entity false positives than Direct Transfer', 'direct_transfer', 'false positives', -1),
 )
-FP_MEASURES = {'fp_gold_source_like': 'share overlapping gold source-like annotations',
-               'fp_source_model': 'share overlapping source-model entities'}
 
 
 def fp_column(runs: pd.DataFrame) -> str:
@@ -397,7 +398,7 @@ def _claim_row(target, claim, baseline, column, sign, pairs: pd.DataFrame, boot:
         evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
         every_seed = (sign * delta > 0).all()
     verdict = 'supported' if right_way and every_seed else 'not supported' if not right_way else 'inconclusive'
-    return {'target': target, 'claim': claim, 'measure': column.replace('fp_', '').replace('_', ' '), 'seeds': len(pairs),
+    return {'target': target, 'claim': claim, 'measure': FP_MEASURES.get(column, column), 'seeds': len(pairs),
             'baseline': pairs.base.mean(), 'EG+ED': pairs.ours.mean(), 'Δ': delta.mean(), 'evidence': evidence, 'verdict': verdict}
 
 
