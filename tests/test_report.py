@@ -113,14 +113,25 @@ def test_run_grid_goes_on_after_a_failed_run(tmp_path, monkeypatch):
     assert ran == ['direct_transfer', 'ed']  # the second run still ran
 
 
-def test_committed_records_are_complete_and_name_commits_of_this_repository():
+def code_fingerprint_at(root: Path, commit: str) -> str:
+    "`code_fingerprint` of the result-deciding files as they are at `commit`."
+    import hashlib
+    import subprocess
+    from metricner.experiments import RESULT_MODULES, _digest
+    paths = [f'metricner/{name}.py' for name in RESULT_MODULES] + ['data/event_templates.json']
+    def blob(path): return subprocess.run(['git', '-C', str(root), 'show', f'{commit}:{path}'], capture_output=True, check=True).stdout
+    return _digest({Path(path).name: hashlib.sha256(blob(path)).hexdigest() for path in paths})
+
+
+def test_committed_records_are_complete_and_ran_the_code_of_their_commit():
     root = Path(__file__).resolve().parent.parent
     if not (root / '.git').exists(): pytest.skip('not a git checkout')
     import subprocess
     for metrics in sorted((root / 'results' / 'runs').rglob('metrics.json')):
         record = json.loads(metrics.read_text(encoding='utf-8'))
         commit = record['git']['commit']
-        assert commit and record['git']['dirty'] is False, f'{metrics}: made from uncommitted code'
         found = subprocess.run(['git', '-C', str(root), 'cat-file', '-e', f'{commit}^{{commit}}'], capture_output=True)
-        assert found.returncode == 0, f'{metrics}: its commit {commit} is not in this repository'
+        assert commit and found.returncode == 0, f'{metrics}: its commit {commit} is not in this repository'
+        # the record's code digest is that of its commit's files: it ran committed code, whatever else was uncommitted
+        assert record['code'] == code_fingerprint_at(root, commit), f'{metrics}: its code is not the code of {commit}'
         for name in ('per_document.json', 'run.ipynb'): assert (metrics.parent / name).exists(), f'{metrics}: no {name} beside it'
