@@ -387,7 +387,7 @@ def fp_column(runs: pd.DataFrame) -> str:
     return 'fp_gold_source_like' if runs.fp_gold_source_like.notna().any() else 'fp_source_model'
 
 
-def _claim_row(target, claim, baseline, column, sign, pairs: pd.DataFrame, boot: pd.DataFrame) -> dict:
+def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFrame) -> dict:
     "One claim on one target from the seeds that have both runs (`pairs`: seed, ours, base in points)."
     delta = pairs.ours - pairs.base
     right_way = sign * delta.mean() > 0
@@ -410,13 +410,14 @@ def claims(records: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for target, group in runs.groupby('target'):
         for claim, baseline, measure, sign in CLAIMS:
-            column = fp_column(group[group.setting.isin(['eg_ed', baseline])]) if measure == 'false positives' else measure
-            by_seed = group[group.setting.isin(['eg_ed', baseline])].pivot_table(index='seed', columns='setting', values=column)
+            both = group[group.setting.isin(['eg_ed', baseline])]
+            column = fp_column(both) if measure == 'false positives' else measure
+            by_seed = both.pivot_table(index='seed', columns='setting', values=column)
             if not {'eg_ed', baseline} <= set(by_seed.columns): continue
             pairs = (100 * by_seed[['eg_ed', baseline]].dropna()).set_axis(['ours', 'base'], axis=1)
             if not len(pairs): continue
             boot = bootstrap[(bootstrap.target == target) & (bootstrap.against == baseline)] if len(bootstrap) else bootstrap
-            rows.append(_claim_row(target, claim, baseline, column, sign, pairs, boot))
+            rows.append(_claim_row(target, claim, column, sign, pairs, boot))
     return pd.DataFrame(rows)
 
 
