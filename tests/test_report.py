@@ -3,11 +3,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from metricner.experiments import ExperimentConfig, StageCache, config_from_parameters, run_experiment
 from metricner.report import (build_site, cell_status, claims, bootstrap_table, grid, grid_progress, load_records, paired_bootstrap,
-                              per_type_table, results_table, run_folder)
+                              per_type_table, precision_recall_shift, results_table, run_folder)
 
 
 def test_grid_matches_the_issue():
@@ -65,6 +66,22 @@ def test_records_and_table(smoke_results):
     verdict = claims(records, boot)
     assert len(verdict) == 4 and set(verdict.verdict) <= {'supported', 'not supported', 'inconclusive'}
     assert (verdict.seeds == 2).all() and list(verdict.measure) == ['f1', 'f1', 'recall', 'overlaps a gold source-like annotation']
+    shift = precision_recall_shift(records).set_index('seed')
+    for seed in (42, 13):
+        run = lambda setting: records[(records.setting == setting) & (records.seed == seed)].iloc[0]
+        assert shift.loc[seed, 'recall'] == pytest.approx(100 * (run('eg_ed').recall - run('direct_transfer').recall))
+
+
+def test_precision_recall_shift_pairs_runs_by_seed():
+    records = load_records(Path('/nonexistent'))  # the empty frame, with every column
+    rows = [('chemdner', 'direct_transfer', 42, 0.30, 0.40), ('chemdner', 'eg_ed', 42, 0.35, 0.38),
+            ('chemdner', 'direct_transfer', 13, 0.20, 0.50),  # its EG+ED run is missing: no shift for seed 13
+            ('bc5cdr', 'eg_ed', 42, 0.70, 0.80)]  # no Direct Transfer run: no shift
+    records = pd.concat([records, pd.DataFrame([dict(target=t, setting=s, seed=seed, precision=p, recall=r, events='sentenc',
+                                                     lambda_tgt=ExperimentConfig.lambda_tgt) for t, s, seed, p, r in rows])])
+    shift = precision_recall_shift(records)
+    assert shift[['target', 'seed']].values.tolist() == [['chemdner', 42]]
+    assert shift.precision.iloc[0] == pytest.approx(5.0) and shift.recall.iloc[0] == pytest.approx(-2.0)
 
 
 def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
