@@ -8,7 +8,7 @@ import pytest
 
 from metricner.experiments import ExperimentConfig, StageCache, config_from_parameters, run_experiment
 from metricner.report import (build_site, cell_status, claims, bootstrap_table, grid, grid_progress, load_records, paired_bootstrap,
-                              per_type_table, precision_recall_shift, results_table, run_folder)
+                              per_type_table, plot_feature_projection, precision_recall_shift, results_table, run_folder)
 
 
 def test_grid_matches_the_issue():
@@ -152,3 +152,21 @@ def test_committed_records_are_complete_and_ran_the_code_of_their_commit():
         # the record's code digest is that of its commit's files: it ran committed code, whatever else was uncommitted
         assert record['code'] == code_fingerprint_at(root, commit), f'{metrics}: its code is not the code of {commit}'
         for name in ('per_document.json', 'run.ipynb'): assert (metrics.parent / name).exists(), f'{metrics}: no {name} beside it'
+
+
+def test_feature_projection_titles_each_run_with_the_separation_of_its_groups(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    rng = np.random.default_rng(0)
+    groups = ['target'] * 30 + ['source'] * 30
+    centres = {'apart': (np.r_[np.ones(8), np.zeros(8)], np.r_[np.zeros(8), np.ones(8)]), 'mixed': (np.ones(16), np.ones(16))}
+    folders = {}
+    for name, (target_centre, source_centre) in centres.items():
+        feats = np.vstack([target_centre + 0.1 * rng.standard_normal((30, 16)), source_centre + 0.1 * rng.standard_normal((30, 16))])
+        folder = tmp_path / name; folder.mkdir()
+        save_file({'features': torch.tensor(feats, dtype=torch.float32)}, str(folder / 'features.safetensors'))
+        (folder / 'features.json').write_text(json.dumps({'groups': groups, 'source_entities': 'pseudo labels'}))
+        folders[name] = folder
+    figure = plot_feature_projection(folders)
+    silhouettes = [float(ax.get_title().rsplit(': ', 1)[1]) for ax in figure.axes]
+    assert silhouettes[0] > 0.8 and abs(silhouettes[1]) < 0.2  # separated clusters against one mixed cloud
