@@ -460,7 +460,8 @@ def claims_summary(table: pd.DataFrame) -> str:
 def _nbconvert(notebook: Path, out_dir: Path, name: str, execute: bool = False, cwd: Path | None = None,
                hide_code: bool = False) -> str:
     command = [sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'html', '--output-dir', str(out_dir), '--output', name,
-               str(notebook), '--log-level', 'ERROR', *(['--no-input'] if hide_code else [])]
+               str(notebook), '--log-level', 'ERROR', '--TemplateExporter.exclude_raw=True',  # raw cells hold Quarto's front matter
+               *(['--no-input'] if hide_code else [])]
     if execute: command[4:4] = ['--execute', f'--ExecutePreprocessor.timeout=1800']
     subprocess.run(command, check=True, cwd=cwd or notebook.parent)
     return f'{name}.html'

@@ -101,6 +101,7 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
         assert page in html and (tmp_path / 'site' / page).exists()
     results = (tmp_path / 'site' / 'results.html').read_text()
     assert 'bc5cdr' in results and 'EG+ED' in results and 'data:image/png' in results  # tables and figures rendered
+    assert 'echo: false' not in results  # Quarto's front matter (a raw cell) is not shown as text
     assert (tmp_path / 'site' / 'api' / '00_data.html').exists()
 
 
