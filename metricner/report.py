@@ -244,30 +244,32 @@ def per_document(folder) -> tuple[list[str], np.ndarray]:
     return data['documents'], np.asarray(data['tp_fp_fn'])
 
 # %% ../nbs/06_report.ipynb #fefadb9b
-def bootstrap_table(records: pd.DataFrame, against=('direct_transfer', 'target_only'), samples: int = 2000) -> pd.DataFrame:
-    "EG+ED against each baseline, per target and seed: ΔF1 in points, its 95% bootstrap interval, and p = P(Δ ≤ 0)."
+def bootstrap_table(records: pd.DataFrame, against=('direct_transfer', 'target_only'), samples: int = 2000,
+                    setting: str = 'eg_ed') -> pd.DataFrame:
+    "`setting` (EG+ED by default) against each baseline, per target and seed: ΔF1 in points, its 95% bootstrap interval, and p = P(Δ ≤ 0)."
     runs = main_runs(records)
     rows = []
     for (target, seed), group in runs.groupby(['target', 'seed']):
         by_setting = dict(zip(group.setting, group.folder))
         baselines = [b for b in against if b in by_setting]
-        if 'eg_ed' not in by_setting or not baselines: continue
-        if not all((Path(by_setting[s]) / 'per_document.json').exists() for s in ['eg_ed', *baselines]):
+        if setting not in by_setting or not baselines: continue
+        if not all((Path(by_setting[s]) / 'per_document.json').exists() for s in [setting, *baselines]):
             continue  # a record from before per-document counts were kept: no bootstrap for it
-        docs, ours = per_document(by_setting['eg_ed'])
+        docs, ours = per_document(by_setting[setting])
         for baseline in baselines:
             docs_b, theirs = per_document(by_setting[baseline])
-            if docs != docs_b: raise ValueError(f'{target} seed {seed}: EG+ED and {baseline} were scored on different documents')
+            if docs != docs_b: raise ValueError(f'{target} seed {seed}: {setting} and {baseline} were scored on different documents')
             result = paired_bootstrap(ours, theirs, samples=samples, seed=seed)
-            rows.append({'target': target, 'seed': seed, 'against': baseline, 'delta_f1': 100 * result['delta_f1'],
+            rows.append({'target': target, 'seed': seed, 'setting': setting, 'against': baseline, 'delta_f1': 100 * result['delta_f1'],
                          'ci_low': 100 * result['ci95'][0], 'ci_high': 100 * result['ci95'][1], 'p_not_better': result['p_not_better']})
-    return pd.DataFrame(rows, columns=['target', 'seed', 'against', 'delta_f1', 'ci_low', 'ci_high', 'p_not_better'])
+    return pd.DataFrame(rows, columns=['target', 'seed', 'setting', 'against', 'delta_f1', 'ci_low', 'ci_high', 'p_not_better'])
 
 
 def bootstrap_markdown(table: pd.DataFrame) -> str:
     "The bootstrap table for a page: ΔF1 (points) with its interval, and p."
     if not len(table): return 'No pairs of runs yet.'
-    shown = pd.DataFrame({'target': table.target, 'seed': table.seed, 'EG+ED against': table.against.map(SETTING_NAMES),
+    shown = pd.DataFrame({'target': table.target, 'seed': table.seed, 'run': table.setting.map(SETTING_NAMES),
+                          'against': table.against.map(SETTING_NAMES),
                           'ΔF1': table.delta_f1.map('{:+.2f}'.format),
                           '95% interval': [f'[{a:+.2f}, {b:+.2f}]' for a, b in zip(table.ci_low, table.ci_high)],
                           'p (not better)': table.p_not_better.map('{:.3f}'.format)})
@@ -442,7 +444,8 @@ def claims(records: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
             if not {'eg_ed', baseline} <= set(by_seed.columns): continue
             pairs = (100 * by_seed[['eg_ed', baseline]].dropna()).set_axis(['ours', 'base'], axis=1)
             if not len(pairs): continue
-            boot = bootstrap[(bootstrap.target == target) & (bootstrap.against == baseline)] if len(bootstrap) else bootstrap
+            boot = (bootstrap[(bootstrap.target == target) & (bootstrap.setting == 'eg_ed') & (bootstrap.against == baseline)]
+                    if len(bootstrap) else bootstrap)
             rows.append(_claim_row(target, claim, column, sign, pairs, boot))
     return pd.DataFrame(rows)
 

@@ -64,6 +64,9 @@ def test_records_and_table(smoke_results):
     boot = bootstrap_table(records, samples=200)
     assert len(boot) == 4 and set(boot.against) == {'direct_transfer', 'target_only'}  # 2 seeds × 2 baselines
     verdict = claims(records, boot)
+    alone = bootstrap_table(records, against=('direct_transfer',), samples=200, setting='target_only')
+    assert len(alone) == 2 and set(alone.setting) == {'target_only'} and set(alone.against) == {'direct_transfer'}
+    assert claims(records, pd.concat([boot, alone])).equals(verdict)  # claims judge EG+ED's rows only
     assert len(verdict) == 4 and set(verdict.verdict) <= {'supported', 'not supported', 'inconclusive'}
     assert (verdict.seeds == 2).all() and list(verdict.measure) == ['f1', 'f1', 'recall', 'overlaps a gold source-like annotation']
     shift = precision_recall_shift(records).set_index('seed')
