@@ -85,6 +85,7 @@ def test_precision_recall_shift_pairs_runs_by_seed():
     shift = precision_recall_shift(records)
     assert shift[['target', 'seed']].values.tolist() == [['chemdner', 42]]
     assert shift.precision.iloc[0] == pytest.approx(5.0) and shift.recall.iloc[0] == pytest.approx(-2.0)
+    assert not len(precision_recall_shift(records[records.setting == 'direct_transfer']))  # no EG+ED run at all
 
 
 def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
