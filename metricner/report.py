@@ -314,11 +314,11 @@ def plot_f1_by_setting(records: pd.DataFrame):
 
 def precision_recall_shift(records: pd.DataFrame, start='direct_transfer', end='eg_ed') -> pd.DataFrame:
     "Change in precision and recall (points) from `start` to `end`, per target and seed where both were run."
-    runs = main_runs(records).set_index(['target', 'seed', 'setting'])[['precision', 'recall']] * 100
-    if not {start, end} <= set(runs.index.get_level_values('setting')):
-        return pd.DataFrame(columns=['target', 'seed', 'precision', 'recall'])
-    both = runs.unstack('setting').dropna(subset=[('precision', start), ('precision', end)])
-    return pd.DataFrame({measure: both[(measure, end)] - both[(measure, start)] for measure in ('precision', 'recall')}).reset_index()
+    measures = ('precision', 'recall')
+    runs = main_runs(records).set_index(['target', 'seed', 'setting'])[list(measures)] * 100
+    # reindex: a setting without any run becomes a NaN column, so it drops out with the unpaired seeds
+    both = runs.unstack('setting').reindex(columns=pd.MultiIndex.from_product([measures, (start, end)])).dropna()
+    return pd.DataFrame({measure: both[(measure, end)] - both[(measure, start)] for measure in measures}).reset_index()
 
 
 def plot_precision_recall_shift(records: pd.DataFrame):
