@@ -23,11 +23,11 @@ from .experiments import ExperimentConfig, code_fingerprint, config_from_paramet
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'FP_MEASURES', 'CLAIMS',
-           'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output', 'run_grid',
-           'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap',
-           'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift',
-           'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
-           'fp_column', 'claims', 'claims_summary', 'build_site']
+           'VERDICTS', 'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
+           'run_grid', 'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table',
+           'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
+           'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
+           'plot_feature_projection', 'fp_column', 'claims', 'claims_summary', 'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -410,6 +410,7 @@ CLAIMS = (  # (claim, baseline, measure, sign of the claimed change)
     ('higher recall of target entities than Direct Transfer', 'direct_transfer', 'recall', +1),
     ('fewer source-entity false positives than Direct Transfer', 'direct_transfer', 'false positives', -1),
 )
+VERDICTS = ('supported', 'not supported', 'inconclusive', 'no common measure')
 
 
 def fp_column(runs: pd.DataFrame) -> str:
@@ -428,6 +429,7 @@ def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFr
         evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
         every_seed = (sign * delta > 0).all()
     verdict = 'supported' if right_way and every_seed else 'not supported' if not right_way else 'inconclusive'
+    if column == 'fp_source_model': verdict = 'no common measure'  # each run's own stage-1 model: the two count different entities
     return {'target': target, 'claim': claim, 'measure': FP_MEASURES.get(column, column), 'seeds': len(pairs),
             'baseline': pairs.base.mean(), 'EG+ED': pairs.ours.mean(), 'Δ': delta.mean(), 'evidence': evidence, 'verdict': verdict}
 
@@ -435,7 +437,8 @@ def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFr
 def claims(records: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
     """Each claim of the paper on each target, judged on the seeds that have both runs (values in percent):
     *supported* when the change goes the claimed way at every seed (for F1: with every seed's bootstrap interval above 0),
-    *not supported* when the mean change goes the other way or is zero, else *inconclusive*."""
+    *not supported* when the mean change goes the other way or is zero, else *inconclusive*; *no common measure* when
+    the two runs' false positives are counted against different source models (targets without gold source-like annotations)."""
     runs = main_runs(records)
     rows = []
     for target, group in runs.groupby('target'):
@@ -457,7 +460,7 @@ def claims_summary(table: pd.DataFrame) -> str:
     lines = []
     for target, group in table.groupby('target', sort=False):
         parts = [f'{verdict}: ' + '; '.join(group[group.verdict == verdict].claim)
-                 for verdict in ('supported', 'not supported', 'inconclusive') if (group.verdict == verdict).any()]
+                 for verdict in VERDICTS if (group.verdict == verdict).any()]
         lines.append(f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — ' + ' — '.join(parts))
     return '\n'.join(lines) if lines else 'Not enough runs to judge any claim yet.'
 
