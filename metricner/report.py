@@ -357,10 +357,12 @@ def plot_false_positives(records: pd.DataFrame):
     if not len(long): return None
     long['share'] *= 100
     grid_ = sns.catplot(data=long, kind='bar', x='setting', y='share', hue='target', col='measure', errorbar=None,
-                        order=[SETTING_NAMES[s] for s in SETTING_ORDER if SETTING_NAMES[s] in set(long.setting)], height=3.6, aspect=1.3)
+                        order=[SETTING_NAMES[s] for s in SETTING_ORDER if SETTING_NAMES[s] in set(long.setting)],
+                        hue_order=sorted(long.target.unique()), height=3.6, aspect=1.3)
     grid_.set_axis_labels('', 'share of predicted entities (%)')
     grid_.set_titles('{col_name}')
-    for ax in grid_.axes.flat: ax.tick_params(axis='x', rotation=30)
+    # anchored at their right end, the slanted names sit under their own bars instead of running into the next one
+    for ax in grid_.axes.flat: plt.setp(ax.get_xticklabels(), rotation=30, ha='right', rotation_mode='anchor')
     grid_.figure.suptitle('Source-entity false positives', y=1.03)
     return grid_.figure
 
