@@ -430,8 +430,10 @@ def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFr
     else:
         evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
         every_seed = (sign * delta > 0).all()
-    verdict = 'supported' if right_way and every_seed else 'not supported' if not right_way else 'inconclusive'
-    if column == 'fp_source_model': verdict = 'no common measure'  # each run's own stage-1 model: the two count different entities
+    if column == 'fp_source_model':  # each run's own stage-1 model: the two count different entities
+        verdict = 'no common measure'
+    else:
+        verdict = 'supported' if right_way and every_seed else 'not supported' if not right_way else 'inconclusive'
     return {'target': target, 'claim': claim, 'measure': FP_MEASURES.get(column, column), 'seeds': len(pairs),
             'baseline': pairs.base.mean(), 'EG+ED': pairs.ours.mean(), 'Δ': delta.mean(), 'evidence': evidence, 'verdict': verdict}
 
