@@ -27,7 +27,8 @@ __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORD
            'run_grid', 'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table',
            'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
            'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
-           'plot_feature_projection', 'fp_column', 'claims', 'claims_summary', 'build_site']
+           'plot_feature_projection', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column',
+           'claims', 'claims_summary', 'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -404,6 +405,51 @@ def plot_feature_projection(folders: dict, seed: int = 0):
         ax.set(title=f'{name}\n{separation}', xticks=[], yticks=[])
         ax.legend(fontsize=9, markerscale=2, loc='upper center', bbox_to_anchor=(0.5, -0.02), frameon=False)  # below: no point hidden
     fig.suptitle('Entity features on target test documents (t-SNE)')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/06_report.ipynb #f384996e
+def _stage_objective(config: dict) -> str:
+    return f"EG ({config['events']})" if config['setting'] in ('eg', 'eg_ed') else 'CE only'
+
+
+def source_stages(records: pd.DataFrame) -> pd.DataFrame:
+    "One row per epoch of each distinct stage-1 model behind `records`: its losses and source-dev scores (%)."
+    rows, seen = [], set()
+    for folder in records.folder:
+        record = json.loads((Path(folder) / 'metrics.json').read_text(encoding='utf-8'))
+        stage = record.get('stage1')
+        if not stage or stage['key'] in seen: continue  # one-stage settings, and stages already counted
+        seen.add(stage['key'])
+        config = record['config']
+        rows += [{'objective': _stage_objective(config), 'seed': config['seed'],
+                  'max_epochs': config['source_train']['max_epochs'], 'epoch': epoch['epoch'], 'ce': epoch['ce'],
+                  'ms': epoch['ms'], **{m: 100 * epoch[f'dev_{m}'] for m in ('precision', 'recall', 'f1')}}
+                 for epoch in stage['history']]
+    return pd.DataFrame(rows, columns=['objective', 'seed', 'max_epochs', 'epoch', 'ce', 'ms', 'precision', 'recall', 'f1'])
+
+
+def source_stage_summary(stages: pd.DataFrame) -> pd.DataFrame:
+    "Per stage-1 model: epochs run and their cap, its final source-dev scores, and the F1 its last epoch added."
+    rows = []
+    for (objective, seed), history in stages.sort_values('epoch').groupby(['objective', 'seed'], sort=True):
+        last = history.iloc[-1]
+        rows.append({'objective': objective, 'seed': seed, 'epochs': int(last.epoch), 'max_epochs': int(last.max_epochs),
+                     'precision': last.precision, 'recall': last.recall, 'f1': last.f1,
+                     'last epoch ΔF1': last.f1 - history.f1.iloc[-2] if len(history) > 1 else math.nan})
+    return pd.DataFrame(rows).round(2)
+
+
+def plot_source_stages(stages: pd.DataFrame):
+    "Source-dev F1 by epoch of each stage-1 model, one line per objective and seed."
+    if not len(stages): return None
+    plt, sns = _sns()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.lineplot(data=stages.assign(seed=stages.seed.astype(str)), x='epoch', y='f1', hue='objective', style='seed',
+                 marker='o', ax=ax)
+    ax.set_xticks(sorted(stages.epoch.unique()))
+    ax.set(xlabel='epoch', ylabel='source dev micro-F1 (%)', title='Stage 1 on the pooled source')
+    ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize='small')  # beside the axes: the curves fill them
     fig.tight_layout()
     return fig
 
