@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -517,13 +518,14 @@ def claims_summary(table: pd.DataFrame) -> str:
     return '\n'.join(lines) if lines else 'Not enough runs to judge any claim yet.'
 
 # %% ../nbs/06_report.ipynb #6d6c8fcd
-def _nbconvert(notebook: Path, out_dir: Path, name: str, execute: bool = False, cwd: Path | None = None,
-               hide_code: bool = False) -> str:
+def _nbconvert(notebook: Path, out_dir: Path, name: str, execute: bool = False, hide_code: bool = False,
+               env: dict | None = None) -> str:
+    "Convert `notebook` to `out_dir/name.html`, executing it first if `execute` (its kernel inherits `env`)."
     command = [sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'html', '--output-dir', str(out_dir), '--output', name,
                str(notebook), '--log-level', 'ERROR', '--TemplateExporter.exclude_raw=True',  # raw cells hold Quarto's front matter
                *(['--no-input'] if hide_code else [])]
-    if execute: command[4:4] = ['--execute', f'--ExecutePreprocessor.timeout=1800']
-    subprocess.run(command, check=True, cwd=cwd or notebook.parent)
+    if execute: command[4:4] = ['--execute', '--ExecutePreprocessor.timeout=1800']
+    subprocess.run(command, check=True, cwd=notebook.parent, env=env)
     return f'{name}.html'
 
 
@@ -534,25 +536,20 @@ def _page_list(title: str, links: list[tuple[str, str]]) -> str:
 
 def build_site(out_dir: Path | None = None, results: Path | None = None, use_quarto: bool | None = None,
                profile: str = 'cpu') -> Path:
-    "Build the report site into `out_dir` (default `_site`) from the records under `results`; returns its index.html."
-    out_dir = Path(out_dir or PROJECT_ROOT / '_site')
+    """Build the report site into `out_dir` (default `_site`) from the records under `results`; returns its index.html.
+    With Quarto, the run pages are those `_quarto.yml` lists (the project's results/runs); the results page reads `results`."""
+    out_dir, results = Path(out_dir or PROJECT_ROOT / '_site'), Path(results or RUNS)
+    # the results page reads its records from these; the kernel that executes it inherits them from Quarto or nbconvert
+    page_env = {**os.environ, 'METRICNER_RESULTS': str(results), 'METRICNER_REPORT_PROFILE': profile}
     if use_quarto is None: use_quarto = shutil.which('quarto') is not None
     if use_quarto:
-        subprocess.run(['quarto', 'render', '--output-dir', str(out_dir)], check=True, cwd=PROJECT_ROOT)
+        subprocess.run(['quarto', 'render', '--output-dir', str(out_dir)], check=True, cwd=PROJECT_ROOT, env=page_env)
         return out_dir / 'index.html'
-    nbs, results = PROJECT_ROOT / 'nbs', Path(results or PROJECT_ROOT / 'results' / 'runs')
+    nbs = PROJECT_ROOT / 'nbs'
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = [('Overview', _nbconvert(nbs / 'index.ipynb', out_dir, 'overview')),
-             ('The method, and where this implementation differs from the paper\'s code', _nbconvert(nbs / 'method.ipynb', out_dir, 'method'))]
-    env_note = {'METRICNER_RESULTS': str(results), 'METRICNER_REPORT_PROFILE': profile}
-    import os
-    old = {k: os.environ.get(k) for k in env_note}
-    os.environ.update(env_note)
-    try: pages.append(('Results', _nbconvert(nbs / 'results.ipynb', out_dir, 'results', execute=True, hide_code=True)))
-    finally:
-        for k, v in old.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
+             ('The method, and where this implementation differs from the paper\'s code', _nbconvert(nbs / 'method.ipynb', out_dir, 'method')),
+             ('Results', _nbconvert(nbs / 'results.ipynb', out_dir, 'results', execute=True, hide_code=True, env=page_env))]
     runs = []
     for notebook in sorted(results.rglob('run.ipynb')):
         name = 'run-' + '-'.join(notebook.parent.relative_to(results).parts)
