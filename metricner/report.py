@@ -24,12 +24,13 @@ from .experiments import ExperimentConfig, code_fingerprint, config_from_paramet
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'FP_MEASURES', 'CLAIMS',
-           'VERDICTS', 'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
-           'run_grid', 'load_records', 'main_runs', 'results_table', 'per_type_table', 'ablation_table',
-           'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
-           'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
-           'plot_feature_projection', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column',
-           'claims', 'claims_summary', 'build_site']
+           'VERDICTS', 'API_PAGES', 'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text',
+           'compact_progress_output', 'run_grid', 'load_records', 'main_runs', 'results_table', 'per_type_table',
+           'ablation_table', 'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown',
+           'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives',
+           'plot_lambda_curve', 'plot_feature_projection', 'source_stages', 'source_stage_summary',
+           'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'site_notebook', 'stage_api_pages',
+           'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -517,6 +518,36 @@ def claims_summary(table: pd.DataFrame) -> str:
         lines.append(f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — ' + ' — '.join(parts))
     return '\n'.join(lines) if lines else 'Not enough runs to judge any claim yet.'
 
+# %% ../nbs/06_report.ipynb #ff476211
+API_PAGES = PROJECT_ROOT / 'api'  # page copies of the library notebooks, rendered by both site builders
+_DIRECTIVE = re.compile(r'#\|\s*(\w+)')
+
+
+def site_notebook(source: Path, dest: Path) -> Path:
+    "Write `dest`, the page copy of library notebook `source`: its `#| hide` cells dropped, its nbdev directives removed."
+    import nbformat
+    nb = nbformat.read(str(source), as_version=4)
+    kept = []
+    for cell in nb.cells:
+        if cell.cell_type == 'code':
+            lines = cell.source.splitlines()
+            n = next((i for i, line in enumerate(lines) if not _DIRECTIVE.match(line)), len(lines))  # directives lead a cell
+            if 'hide' in {_DIRECTIVE.match(line).group(1) for line in lines[:n]}: continue
+            cell.source = '\n'.join(lines[n:])
+            if not cell.source.strip() and not cell.get('outputs'): continue  # a cell of directives only (default_exp)
+        kept.append(cell)
+    nb.cells = kept
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(dest))
+    return dest
+
+
+def stage_api_pages(dest: Path | None = None) -> list[Path]:
+    "Page copies of every library notebook (nbs/NN_*.ipynb) in `dest` (default `api/`), replacing what was there."
+    dest = Path(dest or API_PAGES)
+    if dest.exists(): shutil.rmtree(dest)  # a renamed or removed notebook leaves no stale page
+    return [site_notebook(nb, dest / nb.name) for nb in sorted((PROJECT_ROOT / 'nbs').glob('[0-9][0-9]*.ipynb'))]
+
 # %% ../nbs/06_report.ipynb #6d6c8fcd
 def _nbconvert(notebook: Path, out_dir: Path, name: str, execute: bool = False, hide_code: bool = False,
                env: dict | None = None) -> str:
@@ -541,6 +572,7 @@ def build_site(out_dir: Path | None = None, results: Path | None = None, use_qua
     out_dir, results = Path(out_dir or PROJECT_ROOT / '_site'), Path(results or RUNS)
     # the results page reads its records from these; the kernel that executes it inherits them from Quarto or nbconvert
     page_env = {**os.environ, 'METRICNER_RESULTS': str(results), 'METRICNER_REPORT_PROFILE': profile}
+    api_pages = stage_api_pages()
     if use_quarto is None: use_quarto = shutil.which('quarto') is not None
     if use_quarto:
         subprocess.run(['quarto', 'render', '--output-dir', str(out_dir)], check=True, cwd=PROJECT_ROOT, env=page_env)
@@ -554,7 +586,7 @@ def build_site(out_dir: Path | None = None, results: Path | None = None, use_qua
     for notebook in sorted(results.rglob('run.ipynb')):
         name = 'run-' + '-'.join(notebook.parent.relative_to(results).parts)
         runs.append((str(notebook.parent.relative_to(results)), _nbconvert(notebook, out_dir / 'runs', name)))
-    api = [(nb.stem, _nbconvert(nb, out_dir / 'api', nb.stem)) for nb in sorted(nbs.glob('[0-9][0-9]*.ipynb'))]
+    api = [(nb.stem, _nbconvert(nb, out_dir / 'api', nb.stem)) for nb in api_pages]
     body = (_page_list('Report', pages) + _page_list('Runs', [(t, f'runs/{h}') for t, h in runs] or [('no executed runs yet', '#')])
             + _page_list('Library', [(t, f'api/{h}') for t, h in api]))
     index = out_dir / 'index.html'

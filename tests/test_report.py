@@ -108,7 +108,8 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
     assert 'echo: false' not in results  # Quarto's front matter (a raw cell) is not shown as text
     assert f'6 records under {smoke_results}' in results  # the page read the records it was given, not the project's
     assert 'stage-1 models stopped at the epoch cap' in results  # the source-stage section found the two-stage runs
-    assert (tmp_path / 'site' / 'api' / '00_data.html').exists()
+    api = (tmp_path / 'site' / 'api' / '00_data.html').read_text()
+    assert 'load_corpus' in api and '#| export' not in api  # the library's code, without nbdev's directives
 
 
 def test_cell_status(tmp_path, monkeypatch):
