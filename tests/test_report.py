@@ -1,5 +1,6 @@
 "The report: grid driver bookkeeping, tables, bootstrap, and the site built from records alone (smoke records)."
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,34 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
     assert 'stage-1 models stopped at the epoch cap' in results  # the source-stage section found the two-stage runs
     api = (tmp_path / 'site' / 'api' / '00_data.html').read_text()
     assert 'load_corpus' in api and '#| export' not in api  # the library's code, without nbdev's directives
+
+
+def test_quarto_config_names_pages_that_exist():
+    "Every page _quarto.yml renders or links is there once `make report` has staged the library pages."
+    import yaml
+    from metricner.data import PROJECT_ROOT
+    from metricner.report import stage_api_pages
+    config = yaml.safe_load((PROJECT_ROOT / '_quarto.yml').read_text())
+    stage_api_pages()
+    globs = [*config['project']['render'], *(item['href'] for item in config['website']['navbar']['left']),
+             *(section['contents'] for section in config['website']['sidebar']['contents'])]
+    for pattern in globs:
+        assert list(PROJECT_ROOT.glob(pattern)), f'_quarto.yml: {pattern} matches no file'
+
+
+def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch):
+    "With Quarto on the PATH, build_site renders the project with the results folder and profile in Quarto's environment."
+    fake = tmp_path / 'bin' / 'quarto'
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@|$PWD|$METRICNER_RESULTS|$METRICNER_REPORT_PROFILE" > "$CALLS"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('CALLS', str(tmp_path / 'calls'))
+    from metricner.data import PROJECT_ROOT
+    index = build_site(tmp_path / 'site', results=tmp_path / 'records', profile='smoke')
+    assert index == tmp_path / 'site' / 'index.html'
+    assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke'
+    assert (PROJECT_ROOT / 'api' / '00_data.ipynb').exists()  # the library pages Quarto renders were staged first
 
 
 def test_cell_status(tmp_path, monkeypatch):
