@@ -575,7 +575,9 @@ def build_site(out_dir: Path | None = None, results: Path | None = None, use_qua
     api_pages = stage_api_pages()
     if use_quarto is None: use_quarto = shutil.which('quarto') is not None
     if use_quarto:
-        subprocess.run(['quarto', 'render', '--output-dir', str(out_dir)], check=True, cwd=PROJECT_ROOT, env=page_env)
+        # QUARTO_PYTHON: execute with this interpreter (the project's environment), whatever python is first on PATH
+        subprocess.run(['quarto', 'render', '--output-dir', str(out_dir)], check=True, cwd=PROJECT_ROOT,
+                       env={**page_env, 'QUARTO_PYTHON': sys.executable})
         return out_dir / 'index.html'
     nbs = PROJECT_ROOT / 'nbs'
     out_dir.mkdir(parents=True, exist_ok=True)

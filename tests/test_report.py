@@ -1,6 +1,7 @@
 "The report: grid driver bookkeeping, tables, bootstrap, and the site built from records alone (smoke records)."
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +131,14 @@ def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch)
     "With Quarto on the PATH, build_site renders the project with the results folder and profile in Quarto's environment."
     fake = tmp_path / 'bin' / 'quarto'
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "$@|$PWD|$METRICNER_RESULTS|$METRICNER_REPORT_PROFILE" > "$CALLS"\n')
+    fake.write_text('#!/bin/sh\necho "$@|$PWD|$METRICNER_RESULTS|$METRICNER_REPORT_PROFILE|$QUARTO_PYTHON" > "$CALLS"\n')
     fake.chmod(0o755)
     monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.setenv('CALLS', str(tmp_path / 'calls'))
     from metricner.data import PROJECT_ROOT
     index = build_site(tmp_path / 'site', results=tmp_path / 'records', profile='smoke')
     assert index == tmp_path / 'site' / 'index.html'
-    assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke'
+    assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke|{sys.executable}'
     assert (PROJECT_ROOT / 'api' / '00_data.ipynb').exists()  # the library pages Quarto renders were staged first
 
 
