@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metricner.data import PROJECT_ROOT
 from metricner.experiments import ExperimentConfig, StageCache, config_from_parameters, run_experiment
 from metricner.report import (build_site, cell_status, claims, bootstrap_table, grid, grid_progress, load_records, paired_bootstrap,
-                              per_type_table, plot_feature_projection, precision_recall_shift, results_table, run_folder)
+                              per_type_table, plot_feature_projection, precision_recall_shift, results_table, run_folder,
+                              stage_api_pages)
 
 
 def test_grid_matches_the_issue():
@@ -117,8 +119,6 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
 def test_quarto_config_names_pages_that_exist():
     "Every page _quarto.yml renders or links is there once `make report` has staged the library pages."
     import yaml
-    from metricner.data import PROJECT_ROOT
-    from metricner.report import stage_api_pages
     config = yaml.safe_load((PROJECT_ROOT / '_quarto.yml').read_text())
     stage_api_pages()
     globs = [*config['project']['render'], *(item['href'] for item in config['website']['navbar']['left']),
@@ -135,7 +135,6 @@ def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch)
     fake.chmod(0o755)
     monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.setenv('CALLS', str(tmp_path / 'calls'))
-    from metricner.data import PROJECT_ROOT
     index = build_site(tmp_path / 'site', results=tmp_path / 'records', profile='smoke')
     assert index == tmp_path / 'site' / 'index.html'
     assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke|{sys.executable}'
