@@ -20,17 +20,17 @@ import numpy as np
 import pandas as pd
 
 from .data import PROJECT_ROOT
-from .experiments import ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir
+from .experiments import ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir, uses_grouping
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'FP_MEASURES', 'CLAIMS',
            'VERDICTS', 'API_PAGES', 'grid', 'run_folder', 'cell_status', 'grid_progress', 'terminal_text',
-           'compact_progress_output', 'run_grid', 'load_records', 'main_runs', 'results_table', 'per_type_table',
-           'ablation_table', 'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown',
-           'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives',
-           'plot_lambda_curve', 'plot_feature_projection', 'source_stages', 'source_stage_summary',
-           'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'site_notebook', 'stage_api_pages',
-           'build_site']
+           'compact_progress_output', 'run_grid', 'read_record', 'load_records', 'main_runs', 'results_table',
+           'per_type_table', 'ablation_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
+           'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
+           'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
+           'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'site_notebook',
+           'stage_api_pages', 'build_site']
 
 # %% ../nbs/06_report.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -143,6 +143,11 @@ def run_grid(runs: list[dict] | None = None, keep_stale: bool = False, dry_run: 
     return todo
 
 # %% ../nbs/06_report.ipynb #66672ae7
+def read_record(folder) -> dict:
+    "The `metrics.json` of a run folder."
+    return json.loads((Path(folder) / 'metrics.json').read_text(encoding='utf-8'))
+
+
 def _fp_share(record: dict, kind: str) -> float:
     return record.get('source_false_positives', {}).get(kind, {}).get('share', math.nan)
 
@@ -156,7 +161,7 @@ def load_records(root: Path | None = None) -> pd.DataFrame:
     "One row per `metrics.json` under `root` (default: results/runs); `current` is False for records of older code."
     rows, code = [], code_fingerprint()
     for path in sorted(Path(root or RUNS).rglob('metrics.json')):
-        r = json.loads(path.read_text(encoding='utf-8'))
+        r = read_record(path.parent)
         c = r['config']
         rows.append({'target': c['target'], 'source': c['source'], 'setting': c['setting'], 'events': c['events'],
                      'seed': c['seed'], 'lambda_tgt': c['lambda_tgt'], 'profile': c['profile'],
@@ -176,7 +181,7 @@ SETTING_NAMES = {'target_only': 'Target Only', 'direct_transfer': 'Direct Transf
 
 def main_runs(records: pd.DataFrame) -> pd.DataFrame:
     "The runs of the main comparison: default λ_tgt, sentEnc events."
-    keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~records.setting.isin(['eg', 'eg_ed']))
+    keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~records.setting.map(uses_grouping))
     return records[keep]
 
 
@@ -205,7 +210,7 @@ def per_type_table(records: pd.DataFrame, target: str) -> pd.DataFrame:
     runs = runs[runs.target == target]
     rows = []
     for setting, folder in zip(runs.setting, runs.folder):
-        per_type = json.loads((Path(folder) / 'metrics.json').read_text(encoding='utf-8'))['per_type']
+        per_type = read_record(folder)['per_type']
         rows += [{'setting': setting, 'type': t, 'f1': 100 * s['f1-score'], 'support': s['support']} for t, s in per_type.items()]
     if not rows: return pd.DataFrame()
     scores = pd.DataFrame(rows)
@@ -412,14 +417,14 @@ def plot_feature_projection(folders: dict, seed: int = 0):
 
 # %% ../nbs/06_report.ipynb #f384996e
 def _stage_objective(config: dict) -> str:
-    return f"EG ({config['events']})" if config['setting'] in ('eg', 'eg_ed') else 'CE only'
+    return f"EG ({config['events']})" if uses_grouping(config['setting']) else 'CE only'
 
 
 def source_stages(records: pd.DataFrame) -> pd.DataFrame:
     "One row per epoch of each distinct stage-1 model behind `records`: its losses and source-dev scores (%)."
     rows, seen = [], set()
     for folder in records.folder:
-        record = json.loads((Path(folder) / 'metrics.json').read_text(encoding='utf-8'))
+        record = read_record(folder)
         stage = record.get('stage1')
         if not stage or stage['key'] in seen: continue  # one-stage settings, and stages already counted
         seen.add(stage['key'])
