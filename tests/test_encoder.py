@@ -198,6 +198,9 @@ def test_missing_backbone_is_a_clear_error(tmp_path):
         load_backbone(tmp_path / 'no-such-folder')
     with pytest.raises(BackboneError, match='offline'):
         load_backbone('some-org/not-a-cached-model')
+    # config.json names a model type: without one, transformers guesses the architecture from the path, and a temporary
+    # path containing 't5' or 'mpt' would fail with another error
+    (tmp_path / 'config.json').write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(BackboneError, match='cannot load backbone from folder'):
         load_backbone(tmp_path)
 
