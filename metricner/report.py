@@ -283,7 +283,7 @@ def bootstrap_markdown(table: pd.DataFrame) -> str:
                           'ΔF1': table.delta_f1.map('{:+.2f}'.format),
                           '95% interval': [f'[{a:+.2f}, {b:+.2f}]' for a, b in zip(table.ci_low, table.ci_high)],
                           'p (not better)': table.p_not_better.map('{:.3f}'.format)})
-    return shown.to_markdown(index=False)
+    return shown.to_markdown(index=False, disable_numparse=True)  # keep the signs and decimals formatted above
 
 # %% ../nbs/06_report.ipynb #e79a4593
 FP_MEASURES = {'fp_gold_source_like': 'overlaps a gold source-like annotation',
