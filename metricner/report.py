@@ -345,13 +345,13 @@ def plot_precision_recall_shift(records: pd.DataFrame):
         mean = seeds[['recall', 'precision']].mean()
         ax.annotate('', xy=(mean.recall, mean.precision), xytext=(0, 0),
                     arrowprops=dict(arrowstyle='->', lw=2, color=colours[target]))
-        outward = 1 if mean.recall >= 0 else -1  # the label sits beyond the arrow's head, not across its shaft
-        ax.annotate(f'{target} ({len(seeds)} seed{"s" * (len(seeds) > 1)})', (mean.recall, mean.precision),
-                    textcoords='offset points', xytext=(6 * outward, 4), ha='left' if outward > 0 else 'right',
-                    color=colours[target])
+        # Arrows of several targets often point the same way, so they are named in a legend, not beside their heads.
+        ax.plot([], [], color=colours[target], lw=2, label=f'{target} ({len(seeds)} seed{"s" * (len(seeds) > 1)}): '
+                f'ΔR {mean.recall:+.1f}, ΔP {mean.precision:+.1f}')
     limit = 1.25 * max(1.0, shift[['recall', 'precision']].abs().to_numpy().max())
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xlabel='Δ recall (points)', ylabel='Δ precision (points)',
-           title='Direct Transfer → EG+ED')
+           title='Direct Transfer → EG+ED\narrows: mean over seeds, dots: single seeds')
+    ax.legend(loc='lower left', fontsize='small', title='target', title_fontsize='small')
     fig.tight_layout()
     return fig
 
