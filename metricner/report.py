@@ -514,14 +514,21 @@ def claims(records: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _verdict_parts(group: pd.DataFrame, key: str) -> str:
+    "'verdict: a, b — verdict: c' over the rows of `group`, naming each row by its `key` column."
+    return ' — '.join(f'{verdict}: ' + ', '.join(group[group.verdict == verdict][key])
+                      for verdict in VERDICTS if (group.verdict == verdict).any())
+
+
 def claims_summary(table: pd.DataFrame) -> str:
-    "One Markdown line per target: which claims this reproduction supports, which it does not, which it leaves open."
-    lines = []
-    for target, group in table.groupby('target', sort=False):
-        parts = [f'{verdict}: ' + '; '.join(group[group.verdict == verdict].claim)
-                 for verdict in VERDICTS if (group.verdict == verdict).any()]
-        lines.append(f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — ' + ' — '.join(parts))
-    return '\n'.join(lines) if lines else 'Not enough runs to judge any claim yet.'
+    """Markdown: first each claim with the targets on which this reproduction supports it, does not, or leaves it open;
+    then the same per target, with its number of seeds."""
+    if not len(table): return 'Not enough runs to judge any claim yet.'
+    by_claim = [f'- *{claim}*: {_verdict_parts(table[table.claim == claim], "target")}'
+                for claim in table.claim.unique()]
+    by_target = [f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — {_verdict_parts(group, "claim")}'
+                 for target, group in table.groupby('target', sort=False)]
+    return 'By claim, over the targets:\n\n' + '\n'.join(by_claim) + '\n\nBy target:\n\n' + '\n'.join(by_target)
 
 # %% ../nbs/06_report.ipynb #ff476211
 API_PAGES = PROJECT_ROOT / 'api'  # page copies of the library notebooks, rendered by both site builders
