@@ -526,7 +526,7 @@ def claims_summary(table: pd.DataFrame) -> str:
     if not len(table): return 'Not enough runs to judge any claim yet.'
     by_claim = [f'- *{claim}*: {_verdict_parts(table[table.claim == claim], "target")}'
                 for claim in table.claim.unique()]
-    by_target = [f'- **{target}** ({group.seeds.max()} seed{"s" * (group.seeds.max() > 1)}) — '
+    by_target = [f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — '
                  + _verdict_parts(group, 'claim') for target, group in table.groupby('target', sort=False)]
     return 'By claim, over the targets:\n\n' + '\n'.join(by_claim) + '\n\nBy target:\n\n' + '\n'.join(by_target)
 
