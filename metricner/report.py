@@ -290,6 +290,11 @@ FP_MEASURES = {'fp_gold_source_like': 'overlaps a gold source-like annotation',
                'fp_source_model': "tagged as a source entity by the run's own source model"}
 
 
+def _seed_count(n: int) -> str:
+    "'1 seed', '3 seeds': how many seeds a mean stands on, in figure labels and the claims summary."
+    return f'{n} seed' + ('s' if n != 1 else '')
+
+
 def _sns():
     import matplotlib.pyplot as plt  # the notebook's inline backend, or Agg where there is no display
     import seaborn as sns
@@ -346,8 +351,8 @@ def plot_precision_recall_shift(records: pd.DataFrame):
         ax.annotate('', xy=(mean.recall, mean.precision), xytext=(0, 0),
                     arrowprops=dict(arrowstyle='->', lw=2, color=colours[target]))
         # Arrows of several targets often point the same way, so they are named in a legend, not beside their heads.
-        ax.plot([], [], color=colours[target], lw=2, label=f'{target} ({len(seeds)} seed{"s" * (len(seeds) > 1)}): '
-                f'ΔR {mean.recall:+.1f}, ΔP {mean.precision:+.1f}')
+        ax.plot([], [], color=colours[target], lw=2,
+                label=f'{target} ({_seed_count(len(seeds))}): ΔR {mean.recall:+.1f}, ΔP {mean.precision:+.1f}')
     limit = 1.25 * max(1.0, shift[['recall', 'precision']].abs().to_numpy().max())
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xlabel='Δ recall (points)', ylabel='Δ precision (points)',
            title='Direct Transfer → EG+ED\narrows: mean over seeds, dots: single seeds')
@@ -526,8 +531,8 @@ def claims_summary(table: pd.DataFrame) -> str:
     if not len(table): return 'Not enough runs to judge any claim yet.'
     by_claim = [f'- *{claim}*: {_verdict_parts(table[table.claim == claim], "target")}'
                 for claim in table.claim.unique()]
-    by_target = [f'- **{target}** ({group.seeds.max()} seed{"s" if group.seeds.max() > 1 else ""}) — '
-                 + _verdict_parts(group, 'claim') for target, group in table.groupby('target', sort=False)]
+    by_target = [f'- **{target}** ({_seed_count(group.seeds.max())}) — {_verdict_parts(group, "claim")}'
+                 for target, group in table.groupby('target', sort=False)]
     return 'By claim, over the targets:\n\n' + '\n'.join(by_claim) + '\n\nBy target:\n\n' + '\n'.join(by_target)
 
 # %% ../nbs/06_report.ipynb #ff476211
