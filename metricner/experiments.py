@@ -29,19 +29,39 @@ from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document
                                 retarget, source_false_positives, train_stage, unit_entity_features)
 
 # %% auto #0
-__all__ = ['SETTINGS', 'PROFILES', 'PROFILE_DEFAULTS', 'PARAMETERS', 'RESULT_MODULES', 'uses_source', 'uses_grouping',
+__all__ = ['SETTINGS', 'PROFILES', 'PROFILE_DEFAULTS', 'PARAMETERS', 'RESULT_MODULES', 'Setting', 'uses_source', 'uses_grouping',
            'uses_discrimination', 'ExperimentConfig', 'resolve', 'run_device', 'config_from_parameters',
            'code_fingerprint', 'corpus_fingerprint', 'git_commit', 'StageCache', 'target_data', 'backbone_path',
            'source_stage', 'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
-SETTINGS = ('target_only', 'oracle', 'direct_transfer', 'eg', 'ed', 'eg_ed')
+@dataclass(frozen=True)
+class Setting:
+    "One setting of the paper: its name, its label in tables, and which stages and loss terms it uses."
+    name: str  # as on the command line, in papermill parameters and in records
+    label: str  # as in the paper's tables
+    source_stage: bool  # trains a stage-1 model on the source, which stage 2 starts from
+    grouping: bool  # stage 1 adds entity grouping: λ_src·MS over source entities with event similarity
+    discrimination: bool  # stage 2 adds entity discrimination: λ_tgt·MS of target vs pseudo source entities
+    few_shot: bool = True  # target train and dev are the few-shot sample (Oracle: the whole target)
+    features: bool = False  # keeps entity features of test documents for the report's plots by default
+
+
+SETTINGS = {s.name: s for s in (  # in the order of the paper's tables
+    Setting('target_only', 'Target Only', source_stage=False, grouping=False, discrimination=False),
+    Setting('direct_transfer', 'Direct Transfer', source_stage=True, grouping=False, discrimination=False, features=True),
+    Setting('eg', 'EG', source_stage=True, grouping=True, discrimination=False),
+    Setting('ed', 'ED', source_stage=True, grouping=False, discrimination=True),
+    Setting('eg_ed', 'EG+ED', source_stage=True, grouping=True, discrimination=True, features=True),
+    Setting('oracle', 'Oracle', source_stage=False, grouping=False, discrimination=False, few_shot=False),
+)}
+"The settings of the paper by name: the one place that says what each setting does."
 PROFILES = ('smoke', 'cpu', 'paper')
 
 
-def uses_source(setting: str) -> bool: return setting in ('direct_transfer', 'eg', 'ed', 'eg_ed')
-def uses_grouping(setting: str) -> bool: return setting in ('eg', 'eg_ed')
-def uses_discrimination(setting: str) -> bool: return setting in ('ed', 'eg_ed')
+def uses_source(setting: str) -> bool: return SETTINGS[setting].source_stage
+def uses_grouping(setting: str) -> bool: return SETTINGS[setting].grouping
+def uses_discrimination(setting: str) -> bool: return SETTINGS[setting].discrimination
 
 
 @dataclass
@@ -223,7 +243,7 @@ def target_data(config: ExperimentConfig) -> tuple[Corpus, dict, dict]:
     for split in ('train', 'dev', 'test'):
         units[split], report = _units(corpus, split, config)
         info[split] = {'documents': len(units[split]), 'alignment': asdict(report)}
-        if split != 'test' and config.setting != 'oracle':
+        if split != 'test' and SETTINGS[config.setting].few_shot:
             fraction, divisor = corpus.few_shot or (0.05, max(len(corpus.labels), 1))
             sample = sample_paper(units[split], corpus.labels, fraction, divisor)
             units[split] = [units[split][i] for i in sample.indices]
@@ -284,7 +304,7 @@ def write_analysis_files(out_dir: Path, config: ExperimentConfig, tagger, units:
     counts = document_counts([u.tags for u in units], predicted)
     write_json_atomically(out_dir / 'per_document.json', {'documents': [u.doc_id for u in units], 'tp_fp_fn': counts})
     written = {'per_document': 'per_document.json'}
-    wanted = config.save_features if config.save_features is not None else config.setting in ('direct_transfer', 'eg_ed')
+    wanted = config.save_features if config.save_features is not None else SETTINGS[config.setting].features
     if not wanted: return written
     sample = units[:config.feature_documents]
     has_gold_source = any(t != 'O' for u in sample for t in u.other_tags)
