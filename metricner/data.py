@@ -19,10 +19,10 @@ from pathlib import Path
 __all__ = ['Span', 'Argument', 'SPLITS', 'FORMATS', 'PROJECT_ROOT', 'CHEMDNER_CLASSES', 'BUILTIN_CORPORA', 'POOLED_SOURCES',
            'Mention', 'Event', 'Relation', 'Document', 'CorpusFormatError', 'CorpusNotFoundError',
            'read_standoff_document', 'read_standoff', 'read_chemdner', 'read_pubtator', 'read_drugprot', 'read_conll',
-           'split_of', 'read_splits', 'default_data_dir', 'default_cache_dir', 'CorpusSource', 'corpus_names',
-           'parse_corpus', 'Corpus', 'load_corpus', 'tokenize', 'AlignmentReport', 'bio_tags', 'TaggedUnit',
-           'tag_document', 'tag_documents', 'FewShotSample', 'sample_paper', 'sample_random', 'corpus_stats',
-           'format_stats']
+           'split_of', 'read_splits', 'project_root', 'default_data_dir', 'default_cache_dir', 'default_results_dir',
+           'CorpusSource', 'corpus_names', 'parse_corpus', 'Corpus', 'load_corpus', 'tokenize', 'AlignmentReport',
+           'bio_tags', 'TaggedUnit', 'tag_document', 'tag_documents', 'FewShotSample', 'sample_paper', 'sample_random',
+           'corpus_stats', 'format_stats']
 
 # %% ../nbs/00_data.ipynb #d740a0fa
 Span = tuple[int, int]
@@ -428,28 +428,46 @@ def read_splits(fmt: str, folder: Path) -> dict[str, list[Document]]:
     return {split: read(*files[split]) for split in SPLITS if split in files}
 
 # %% ../nbs/00_data.ipynb #e53919d1
-PROJECT_ROOT = Path(__file__).resolve().parent.parent if '__file__' in globals() else Path.cwd().parent
+def project_root() -> Path | None:
+    "The project checkout the package runs from (the folder with `settings.ini` and `nbs/`), or None when it is installed."
+    here = Path(__file__).resolve().parent.parent if '__file__' in globals() else Path.cwd().parent  # notebooks run in nbs/
+    return here if (here / 'settings.ini').is_file() and (here / 'nbs').is_dir() else None
+
+
+PROJECT_ROOT = project_root()
+"The project checkout, or None for an installed package: code that needs the checkout (the report, git) checks it."
 
 
 def _project_setting(key: str) -> str | None:
-    ini = PROJECT_ROOT / 'settings.ini'
-    if not ini.exists(): return None
+    "A value from the checkout's `settings.ini`, if there is a checkout that sets it."
+    if PROJECT_ROOT is None or not (PROJECT_ROOT / 'settings.ini').exists(): return None
     parser = configparser.ConfigParser(delimiters=['='])
-    parser.read(ini, encoding='utf-8')
+    parser.read(PROJECT_ROOT / 'settings.ini', encoding='utf-8')
     return parser['DEFAULT'].get(key)
 
 
+def _user_dir(variable: str, fallback: str) -> Path:
+    "A per-user folder of metricner's under an XDG base directory (`variable`, else `~/fallback`)."
+    return Path(os.environ.get(variable) or Path.home() / fallback).expanduser() / 'metricner'
+
+
 def default_data_dir() -> Path:
-    "Where the corpora are: `METRICNER_DATA`, else the `data_dir` setting, else `data/corpora` in the project."
+    "Where the corpora are: `METRICNER_DATA`, else the `data_dir` setting, else `data/corpora` in the checkout, else a user folder."
     configured = os.environ.get('METRICNER_DATA') or _project_setting('data_dir')
     if configured: return Path(configured).expanduser()
-    return PROJECT_ROOT / 'data' / 'corpora'
+    return PROJECT_ROOT / 'data' / 'corpora' if PROJECT_ROOT else _user_dir('XDG_DATA_HOME', '.local/share') / 'corpora'
 
 
 def default_cache_dir() -> Path:
-    "Where computed artefacts (embeddings, stage models) are cached: `METRICNER_CACHE`, else `.cache/metricner` in the project."
+    "Where computed artefacts (embeddings, stage models) are cached: `METRICNER_CACHE`, else the `cache_dir` setting, else `.cache/metricner` in the checkout, else a user folder."
     configured = os.environ.get('METRICNER_CACHE') or _project_setting('cache_dir')
-    return Path(configured).expanduser() if configured else PROJECT_ROOT / '.cache' / 'metricner'
+    if configured: return Path(configured).expanduser()
+    return PROJECT_ROOT / '.cache' / 'metricner' if PROJECT_ROOT else _user_dir('XDG_CACHE_HOME', '.cache')
+
+
+def default_results_dir() -> Path:
+    "Where run records go by default: `results/` of the checkout, else `results/` in the current folder."
+    return (PROJECT_ROOT or Path.cwd()) / 'results'
 
 
 @dataclass(frozen=True)

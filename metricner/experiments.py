@@ -20,7 +20,7 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
 import metricner
-from .data import (PROJECT_ROOT, Corpus, POOLED_SOURCES, default_cache_dir, load_corpus, parse_corpus,
+from .data import (PROJECT_ROOT, Corpus, POOLED_SOURCES, default_cache_dir, default_results_dir, load_corpus, parse_corpus,
                             sample_paper, tag_documents)
 from .encoder import Tagger, build_tiny_backbone, load_tagger, predict, save_tagger
 from .events import PARADIGMS, SentenceEncoder, build_aux_similarity, default_templates_path
@@ -327,7 +327,7 @@ def write_analysis_files(out_dir: Path, config: ExperimentConfig, tagger, units:
 def default_out_dir(config: ExperimentConfig) -> Path:
     name = f'{config.target}-{config.setting}' + (f'-{config.events}' if uses_grouping(config.setting) else '')
     source = f'{config.source}' if uses_source(config.setting) else 'none'
-    return PROJECT_ROOT / 'results' / 'runs' / config.profile / source / f'{name}-seed{config.seed}'
+    return default_results_dir() / 'runs' / config.profile / source / f'{name}-seed{config.seed}'
 
 
 def _safe_name(spec: str) -> str: return ''.join(c if c.isalnum() or c in '-_' else '_' for c in spec)
