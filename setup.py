@@ -31,9 +31,11 @@ setuptools.setup(
                  'Natural Language :: ' + cfg['language'].title()]
                 + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    # metricner.resources holds data only (the event templates, the corpus manifest), read with importlib.resources;
+    # it is listed as a package of its own so that setuptools ships it as one.
+    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']) + [cfg['lib_name'] + '.resources'],
     include_package_data=True,
-    package_data={cfg['lib_name']: ['resources/*']},
+    package_data={cfg['lib_name'] + '.resources': ['*.json']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

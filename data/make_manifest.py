@@ -1,6 +1,6 @@
-"""Rebuild `data/corpora.json`, the manifest `metricner download` works from, out of a local copy of the corpora.
+"""Rebuild `metricner/resources/corpora.json`, the manifest `metricner download` works from, out of a local copy of the corpora.
 
-    python data/make_manifest.py [CORPORA_DIR] [--out data/corpora.json]
+    python data/make_manifest.py [CORPORA_DIR] [--out metricner/resources/corpora.json]
 
 CORPORA_DIR (default: $METRICNER_DATA, else ../shared/corpora beside the repository) must hold the unmodified public
 files in metricner's layout (`bionlp-st-2013-pc/train/...`, `chemdner/...`, ...). For every data file the readers
@@ -108,7 +108,7 @@ def main(argv=None):
     default_root = os.environ.get('METRICNER_DATA') or REPO.parent/'shared'/'corpora'
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('corpora_dir', nargs='?', type=Path, default=Path(default_root))
-    parser.add_argument('--out', type=Path, default=REPO/'data'/'corpora.json')
+    parser.add_argument('--out', type=Path, default=REPO/'metricner'/'resources'/'corpora.json')
     args = parser.parse_args(argv)
     manifest = build(args.corpora_dir)
     text = dumps(manifest)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import configparser
 import hashlib
+import importlib.resources
 import os
 import random
 import re
@@ -20,9 +21,9 @@ __all__ = ['Span', 'Argument', 'SPLITS', 'FORMATS', 'PROJECT_ROOT', 'CHEMDNER_CL
            'Mention', 'Event', 'Relation', 'Document', 'CorpusFormatError', 'CorpusNotFoundError',
            'read_standoff_document', 'read_standoff', 'read_chemdner', 'read_pubtator', 'read_drugprot', 'read_conll',
            'split_of', 'read_splits', 'project_root', 'default_data_dir', 'default_cache_dir', 'default_results_dir',
-           'CorpusSource', 'corpus_names', 'parse_corpus', 'Corpus', 'load_corpus', 'tokenize', 'AlignmentReport',
-           'bio_tags', 'TaggedUnit', 'tag_document', 'tag_documents', 'FewShotSample', 'sample_paper', 'sample_random',
-           'corpus_stats', 'format_stats']
+           'package_resource', 'CorpusSource', 'corpus_names', 'parse_corpus', 'Corpus', 'load_corpus', 'tokenize',
+           'AlignmentReport', 'bio_tags', 'TaggedUnit', 'tag_document', 'tag_documents', 'FewShotSample',
+           'sample_paper', 'sample_random', 'corpus_stats', 'format_stats']
 
 # %% ../nbs/00_data.ipynb #d740a0fa
 Span = tuple[int, int]
@@ -437,7 +438,7 @@ def project_root() -> Path | None:
 PROJECT_ROOT = project_root()
 "The project checkout, or None for an installed package: code that needs the checkout (the report, git) checks it."
 
-
+# %% ../nbs/00_data.ipynb #78db3fe6
 def _project_setting(key: str) -> str | None:
     "A value from the checkout's `settings.ini`, if there is a checkout that sets it."
     if PROJECT_ROOT is None or not (PROJECT_ROOT / 'settings.ini').exists(): return None
@@ -451,25 +452,34 @@ def _user_dir(variable: str, fallback: str) -> Path:
     return Path(os.environ.get(variable) or Path.home() / fallback).expanduser() / 'metricner'
 
 
-def default_data_dir() -> Path:
+def default_data_dir() -> Path:  # the folder that holds the corpora
     "Where the corpora are: `METRICNER_DATA`, else the `data_dir` setting, else `data/corpora` in the checkout, else a user folder."
     configured = os.environ.get('METRICNER_DATA') or _project_setting('data_dir')
     if configured: return Path(configured).expanduser()
     return PROJECT_ROOT / 'data' / 'corpora' if PROJECT_ROOT else _user_dir('XDG_DATA_HOME', '.local/share') / 'corpora'
 
-
-def default_cache_dir() -> Path:
+# %% ../nbs/00_data.ipynb #9d4963bd
+def default_cache_dir() -> Path:  # the folder for embeddings, stage models and tiny backbones
     "Where computed artefacts (embeddings, stage models) are cached: `METRICNER_CACHE`, else the `cache_dir` setting, else `.cache/metricner` in the checkout, else a user folder."
     configured = os.environ.get('METRICNER_CACHE') or _project_setting('cache_dir')
     if configured: return Path(configured).expanduser()
     return PROJECT_ROOT / '.cache' / 'metricner' if PROJECT_ROOT else _user_dir('XDG_CACHE_HOME', '.cache')
 
-
-def default_results_dir() -> Path:
+# %% ../nbs/00_data.ipynb #35d95d03
+def default_results_dir() -> Path:  # the folder under which runs write their records by default
     "Where run records go by default: `results/` of the checkout, else `results/` in the current folder."
     return (PROJECT_ROOT or Path.cwd()) / 'results'
 
+# %% ../nbs/00_data.ipynb #6ad4503f
+def package_resource(name: str,  # a file name in `metricner/resources/`, such as `'corpora.json'`
+                    ) -> Path:  # that file, inside the installed package (in a checkout: `metricner/resources/NAME`)
+    "A data file that ships inside the package, found with `importlib.resources`, so it is there in an installed wheel too."
+    resource = importlib.resources.files('metricner') / 'resources' / name
+    if not resource.is_file():
+        raise FileNotFoundError(f'{resource} is missing: metricner ships {name} in metricner/resources/; reinstall the package')
+    return Path(str(resource))  # the package installs unzipped (zip_safe=False), so this is a real file
 
+# %% ../nbs/00_data.ipynb #b8bcdad5
 @dataclass(frozen=True)
 class CorpusSource:
     "Where a built-in corpus lives, how to read it, and the paper's label policy for it."
@@ -482,7 +492,7 @@ class CorpusSource:
     carve_dev: int = 0  # documents carved from train as dev (when the release has no usable dev split)
     source_like_types: tuple[str, ...] | None = None  # unlabelled types that are source-domain entities; None: every unlabelled type
 
-
+# %% ../nbs/00_data.ipynb #5c26d36d
 CHEMDNER_CLASSES = ('ABBREVIATION', 'FAMILY', 'FORMULA', 'IDENTIFIER', 'MULTIPLE', 'SYSTEMATIC', 'TRIVIAL')
 
 BUILTIN_CORPORA = {

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import Corpus, Document, default_cache_dir, PROJECT_ROOT
+from .data import Corpus, Document, default_cache_dir, package_resource
 
 # %% auto #0
 __all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'entity_key', 'EventRecord', 'event_records', 'default_text_encoder_path',
@@ -175,7 +175,7 @@ def _concat_record(record: EventRecord, index, table, sample, self_vector) -> to
     return _concat_event(event, record.doc, index, table, sample, self_vector, record.slot)
 
 # %% ../nbs/02_events.ipynb #a1df7d08
-def default_templates_path() -> Path: return PROJECT_ROOT / 'data' / 'event_templates.json'
+def default_templates_path() -> Path: return package_resource('event_templates.json')
 
 
 class EventTemplates:

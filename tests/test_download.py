@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import metricner
 from metricner.download import CORPUS_NAMES, DownloadError, default_manifest, download, file_sha256, load_manifest
 
 # A mirror laid out like the real one, with our paths: {corpus: (folder, source_folder, {path: (source, bytes)})}.
@@ -136,7 +137,7 @@ def test_unknown_corpus_lists_valid_names(mirror, tmp_path):
 
 def test_real_manifest_lists_all_six_corpora():
     manifest = load_manifest()
-    assert default_manifest() == Path(__file__).resolve().parent.parent/'data'/'corpora.json'
+    assert default_manifest() == Path(metricner.__file__).parent/'resources'/'corpora.json'  # package data, not the checkout's data/
     assert set(manifest['corpora']) == set(CORPUS_NAMES)
     for name, corpus in manifest['corpora'].items():
         assert corpus['files'] and corpus['licence'] and corpus['origin'], name
