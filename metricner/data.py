@@ -280,8 +280,22 @@ def read_chemdner(abstracts: Path, annotations: Path) -> list[Document]:
     return _documents(texts, found, annotations)
 
 # %% ../nbs/00_data.ipynb #4d33130c
-def read_pubtator(path: Path) -> list[Document]:
-    "Read a PubTator file: title/abstract lines, mention lines and (kept as relations) relation lines."
+def _is_offset(value: str) -> bool:
+    try: int(value)
+    except ValueError: return False
+    return True
+
+
+def _pubtator_relation(fields: list[str], path, line: int) -> Relation:
+    "`PMID<tab>TYPE<tab>ARGUMENT...`, of any arity: the fields after the type become `Arg1`, `Arg2`, ... in order."
+    type_, values = fields[1].strip(), fields[2:]
+    if not type_ or not values: raise CorpusFormatError(path, 'relation line needs "PMID<tab>TYPE<tab>ARGUMENT..."', line)
+    return Relation(f'R{line}', type_, tuple((f'Arg{i}', v) for i, v in enumerate(values, 1)))
+
+
+def read_pubtator(path: Path,  # a PubTator file: blocks of title, abstract, mention and relation lines
+                 ) -> list[Document]:  # its documents, in file order
+    "Read a PubTator file: title/abstract lines, mention lines and relation lines of any arity (kept as relations)."
     texts, found, relations, current = {}, {}, {}, None
     parts: dict[str, dict] = {}
     for number, raw in _lines(path):
@@ -297,10 +311,11 @@ def read_pubtator(path: Path) -> list[Document]:
         f = raw.split('\t')
         if current is None or f[0] != current:
             raise CorpusFormatError(path, f'annotation line outside its document block (id {f[0]!r})', number)
-        if len(f) == 4 and not f[1].isdigit():  # relation line, e.g. "PMID CID D1 D2"
-            relations.setdefault(current, []).append(Relation(f'R{number}', f[1], (('Arg1', f[2]), ('Arg2', f[3]))))
+        if len(f) > 1 and not _is_offset(f[1]):  # a relation line: "PMID CID D1 D2", "PMID Association D1 D2 Novel", ...
+            relations.setdefault(current, []).append(_pubtator_relation(f, path, number))
             continue
-        if len(f) not in (6, 7): raise CorpusFormatError(path, f'expected a mention line with 6 or 7 fields, found {len(f)}', number)
+        if len(f) not in (6, 7):
+            raise CorpusFormatError(path, f'expected a mention line with 6 or 7 fields (PMID, start, end, text, type, ids[, names]), found {len(f)}', number)
         span = (_int(f[1], path, number, 'offset'), _int(f[2], path, number, 'offset'))
         m = Mention(f'{f[1]}-{f[2]}-{f[4]}', f[4], (span,), f[3], tuple(r for r in f[5].split('|') if r and r != '-1'))
         _add_once(found.setdefault(current, {}), m.id, _check_mention(m, texts[current], path, number), path, number, current)

@@ -1,7 +1,7 @@
 "The generic specs read corpora that the tests write, with the same code as the built-ins; bad input is named precisely."
 import pytest
 
-from metricner.data import CorpusFormatError, corpus_stats, load_corpus, tag_documents
+from metricner.data import CorpusFormatError, corpus_stats, load_corpus, read_pubtator, tag_documents
 from conftest import write_files
 
 TEXT = 'MDM2 binds p53 and aspirin.'
@@ -33,6 +33,54 @@ def test_pubtator_spec(tmp_path):
     corpus = load_corpus(f'pubtator:{tmp_path}', types=['Chemical'])
     assert len(corpus['train']) == 1 and corpus['dev'] == [] and len(corpus['test']) == 1
     assert [m.type for m in corpus['train'][0].mentions] == ['Chemical', 'Disease']
+
+
+# A PubTator block of another release: a relation line with a novelty flag (5 fields) beside CDR's 4-field one.
+ASSOCIATION = ('4|t|Valproate and ataxia.\n4|a|Ataxia was seen after valproate.\n'
+               '4\t0\t9\tValproate\tChemical\tD014635\n4\t14\t20\tataxia\tDisease\tD002524\n'
+               '4\t22\t28\tAtaxia\tDisease\tD002524\n4\t44\t53\tvalproate\tChemical\tD014635\n'
+               '4\tAssociation\tD014635\tD002524\tNo\n4\tCID\tD014635\tD002524\n4\tNote\tchecked by hand\n\n')
+
+
+def test_pubtator_relation_lines_of_any_arity(tmp_path):
+    write_files(tmp_path, {'x_train.pubtator.txt': ASSOCIATION, 'x_test.pubtator.txt': ASSOCIATION})
+    doc, = read_pubtator(tmp_path / 'x_train.pubtator.txt')
+    assert [(m.type, m.text, m.start) for m in doc.mentions] == [
+        ('Chemical', 'Valproate', 0), ('Disease', 'ataxia', 14), ('Disease', 'Ataxia', 22), ('Chemical', 'valproate', 44)]
+    assert [(r.id, r.type, r.arguments) for r in doc.relations] == [
+        ('R7', 'Association', (('Arg1', 'D014635'), ('Arg2', 'D002524'), ('Arg3', 'No'))),
+        ('R8', 'CID', (('Arg1', 'D014635'), ('Arg2', 'D002524'))),  # CDR's relation line, as before
+        ('R9', 'Note', (('Arg1', 'checked by hand'),))]
+    stats = corpus_stats(f'pubtator:{tmp_path}')  # what `metricner stats` prints: relation lines are not mentions
+    assert stats['train'] == {'documents': 1, 'mentions': {'Chemical': 2, 'Disease': 2}, 'events': 0}
+
+
+@pytest.mark.parametrize('line, problem', [
+    ('4\t0\t9\tValproate\tChemical', 'x.pubtator:3: expected a mention line with 6 or 7 fields (PMID, start, end, text, type, ids[, names]), found 5'),
+    ('4\t0\t9\tValproate\tChemical\tD1\tvalproic acid\textra', 'x.pubtator:3: expected a mention line with 6 or 7 fields'),
+    ('4\t0\tnine\tValproate\tChemical\tD1', "x.pubtator:3: offset 'nine' is not an integer"),
+    ('4\t0\t90\tValproate\tChemical\tD1', 'x.pubtator:3: 0-90-Chemical: offsets 0-90 outside the text'),
+    ('4\t1\t10\tValproate\tChemical\tD1', "x.pubtator:3: 1-10-Chemical: text 'Valproate' does not match"),
+    ('4\tCID', 'x.pubtator:3: relation line needs "PMID<tab>TYPE<tab>ARGUMENT..."'),
+    ('4\t\tD1\tD2', 'x.pubtator:3: relation line needs'),
+    ('4', 'x.pubtator:3: expected a mention line'),
+])
+def test_pubtator_malformed_lines_name_file_and_line(tmp_path, line, problem):
+    write_files(tmp_path, {'x.pubtator': f'4|t|Valproate and ataxia.\n4|a|Ataxia was seen.\n{line}\n'})
+    with pytest.raises(CorpusFormatError) as error:
+        read_pubtator(tmp_path / 'x.pubtator')
+    assert problem in str(error.value)
+
+
+def test_pubtator_crlf_line_ends(tmp_path):
+    write_files(tmp_path, {'lf.pubtator': ASSOCIATION})
+    (tmp_path / 'crlf.pubtator').write_bytes(ASSOCIATION.replace('\n', '\r\n').encode('utf-8'))
+    lf, = read_pubtator(tmp_path / 'lf.pubtator')
+    crlf, = read_pubtator(tmp_path / 'crlf.pubtator')
+    assert '\r' not in crlf.text and crlf.text == 'Valproate and ataxia.\nAtaxia was seen after valproate.'
+    assert crlf.mentions == lf.mentions and crlf.relations == lf.relations
+    assert [crlf.text[m.start:m.end] for m in crlf.mentions] == ['Valproate', 'ataxia', 'Ataxia', 'valproate']
+    assert all(not arg.endswith('\r') for r in crlf.relations for _, arg in r.arguments)
 
 
 def test_chemdner_and_drugprot_specs(tmp_path):
