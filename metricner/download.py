@@ -28,13 +28,17 @@ __all__ = ['CORPUS_NAMES', 'CORPUS_GROUPS', 'NETWORK_ERRORS', 'DownloadError', '
 CORPUS_NAMES = tuple(BUILTIN_CORPORA)
 CORPUS_GROUPS = POOLED_SOURCES
 
+# %% ../nbs/00a_download.ipynb #2eb73072
 class DownloadError(RuntimeError):
     "Fetching or verifying corpora failed; the message alone says what happened and what to do."
 
+# %% ../nbs/00a_download.ipynb #75f7d643
 class ChecksumError(DownloadError):
     "A fetched file differs from the manifest."
 
-def corpus_names(corpora: str | list[str] | None = None) -> list[str]:
+# %% ../nbs/00a_download.ipynb #87836acd
+def corpus_names(corpora: str | list[str] | None = None,  # a name, a list of names (`all` for pc, cg, id), or None for all six
+                ) -> list[str]:  # manifest names, in order, without repeats
     "Expand `corpora` into manifest names, in order, without repeats (`None`: all six; `all`: pc, cg, id)."
     if corpora is None: return list(CORPUS_NAMES)
     if isinstance(corpora, str): corpora = [corpora]
@@ -52,7 +56,9 @@ def default_manifest() -> Path:
     "The manifest that ships with the package, `metricner/resources/corpora.json`."
     return package_resource('corpora.json')
 
-def load_manifest(path: str | Path | None = None) -> dict:
+# %% ../nbs/00a_download.ipynb #74dcc595
+def load_manifest(path: str | Path | None = None,  # a manifest file (default: the one that ships with the package)
+                 ) -> dict:  # the manifest: mirror, columns and, per corpus, its folders, notes and files
     "Read the corpus manifest (default: `default_manifest()`)."
     path = Path(path or default_manifest())
     if not path.is_file():
@@ -60,20 +66,32 @@ def load_manifest(path: str | Path | None = None) -> dict:
     return json.loads(path.read_text(encoding='utf-8'))
 
 # %% ../nbs/00a_download.ipynb #9b393a33
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path,  # the file to hash
+               ) -> str:  # its SHA-256, in hex
     "Hex SHA-256 of a file, read in blocks."
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''): digest.update(block)
     return digest.hexdigest()
 
-def is_verified(path: Path, size: int, sha256: str) -> bool:
+# %% ../nbs/00a_download.ipynb #5b267a99
+def is_verified(path: Path,  # the file to check
+                size: int,  # its expected size in bytes
+                sha256: str,  # its expected SHA-256, in hex
+               ) -> bool:
     "Does `path` exist with exactly this size and SHA-256?"
     return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha256
 
 # %% ../nbs/00a_download.ipynb #769a657f
-def fetch_verified(url: str, dest: Path, size: int, sha256: str, *, label: str | None = None,
-                   on_bytes=None, timeout: float = 60) -> None:
+def fetch_verified(url: str,  # where to fetch the file from
+                   dest: Path,  # where it goes; nothing is written there unless size and checksum match
+                   size: int,  # its expected size in bytes
+                   sha256: str,  # its expected SHA-256, in hex
+                   *,
+                   label: str | None = None,  # how error messages name the file (default: its name)
+                   on_bytes=None,  # called with the size of every block received (a progress bar's `update`)
+                   timeout: float = 60,  # seconds to wait for the server
+                  ) -> None:
     "Download `url` to `dest` if its size and SHA-256 match; raise `ChecksumError` naming `label` otherwise."
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
@@ -133,8 +151,14 @@ def _download_corpus(name: str, corpus: dict, root: Path, mirror: str, progress:
     return counts, problems
 
 # %% ../nbs/00a_download.ipynb #03792dcf
-def download(corpora: str | list[str] | None = None, to: str | Path | None = None, *, base_url: str | None = None,
-             progress: bool = True, manifest: str | Path | None = None, workers: int = 8) -> dict:
+def download(corpora: str | list[str] | None = None,  # corpus names (`all` for pc, cg, id); None: all six
+             to: str | Path | None = None,  # the destination (default: the data directory)
+             *,
+             base_url: str | None = None,  # the mirror to fetch from (default: the manifest's)
+             progress: bool = True,  # show a progress bar per corpus
+             manifest: str | Path | None = None,  # the manifest (default: the one that ships with the package)
+             workers: int = 8,  # files fetched at once
+            ) -> dict:  # the destination and the counts of files downloaded, present and failed, in all and per corpus
     "Fetch `corpora` (default: all six) into `to` (default: the data directory), verifying every file's SHA-256."
     names = corpus_names(corpora)
     spec = load_manifest(manifest)
