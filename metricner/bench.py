@@ -29,7 +29,10 @@ __all__ = ['MATMUL_OPS', 'BENCH_FLOORS', 'matmul_gflops', 'dense_flops_per_token
            'run_benchmark', 'format_benchmark']
 
 # %% ../nbs/08_bench.ipynb #8f55e05a
-def matmul_gflops(size: int = 4096, repeats: int = 5, seed: int = 0) -> dict:
+def matmul_gflops(size: int = 4096,  # rows and columns of the two square matrices
+                  repeats: int = 5,  # timed products
+                  seed: int = 0  # seed of the random matrices
+                 ) -> dict:  # best, median (GFLOP/s), size, repeats
     "GFLOP/s of an fp32 `size`×`size` matmul after a warm-up: best and median of `repeats` runs."
     g = torch.Generator().manual_seed(seed)
     a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
@@ -43,22 +46,30 @@ def matmul_gflops(size: int = 4096, repeats: int = 5, seed: int = 0) -> dict:
     return {'best': max(rates), 'median': float(np.median(rates)), 'size': size, 'repeats': repeats}
 
 # %% ../nbs/08_bench.ipynb #8927193e
-def dense_flops_per_token(hidden: int, intermediate: int) -> int:
+def dense_flops_per_token(hidden: int,  # hidden size h
+                          intermediate: int  # feed-forward size i
+                         ) -> int:
     "One layer's weight matrices for one token: Q, K, V, output (4·h²) and feed-forward (2·h·i) multiply-adds, 2 FLOPs each."
     return 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
 
-
-def attention_flops_per_token(hidden: int, length: int) -> int:
+# %% ../nbs/08_bench.ipynb #a0acaf4a
+def attention_flops_per_token(hidden: int,  # hidden size h
+                              length: int  # real length of the token's window: the keys it attends to
+                             ) -> int:
     "One layer's attention for one token over `length` keys: scores and weighted values, `hidden` multiply-adds per key each."
     return 2 * 2 * length * hidden
 
-
-def adapter_flops_per_token(hidden: int, reduction_factor: int) -> int:
+# %% ../nbs/08_bench.ipynb #3ba4ab06
+def adapter_flops_per_token(hidden: int,  # hidden size h
+                            reduction_factor: int  # r: the bottleneck is h/r wide
+                           ) -> int:
     "One bottleneck adapter for one token: down (h → h/r) and up (h/r → h) projections."
     return 2 * 2 * hidden * (hidden // reduction_factor)
 
-
-def head_flops_per_token(hidden: int, n_labels: int) -> int:
+# %% ../nbs/08_bench.ipynb #d09d4775
+def head_flops_per_token(hidden: int,  # hidden size h
+                         n_labels: int  # labels of the tagging head
+                        ) -> int:
     "The linear tagging head for one token."
     return 2 * hidden * n_labels
 
@@ -66,10 +77,10 @@ def head_flops_per_token(hidden: int, n_labels: int) -> int:
 @dataclass
 class ModelShape:
     "What the FLOP count needs to know about a tagger."
-    layers: int
-    hidden: int
-    intermediate: int
-    labels: int
+    layers: int  # transformer layers N
+    hidden: int  # hidden size h
+    intermediate: int  # feed-forward size i
+    labels: int  # labels of the tagging head
     adapter_reduction: int | None = None  # None: no adapters (full fine-tuning)
 
     @classmethod
@@ -83,16 +94,21 @@ class ModelShape:
         "Adapter FLOPs per layer and token (0 without adapters)."
         return adapter_flops_per_token(self.hidden, self.adapter_reduction) if self.adapter_reduction else 0
 
-
-def forward_flops(shape: ModelShape, lengths) -> int:
+# %% ../nbs/08_bench.ipynb #2e157022
+def forward_flops(shape: ModelShape,  # the tagger's shape
+                  lengths  # real length of each window
+                 ) -> int:
     "Model FLOPs of one forward pass over windows of the given real lengths."
     per_token = shape.layers * (dense_flops_per_token(shape.hidden, shape.intermediate) + shape.adapter) \
         + head_flops_per_token(shape.hidden, shape.labels)
     attention = sum(n * attention_flops_per_token(shape.hidden, n) for n in lengths)
     return sum(lengths) * per_token + shape.layers * attention
 
-
-def training_flops(shape: ModelShape, lengths, mode: str = 'adapter') -> int:
+# %% ../nbs/08_bench.ipynb #90b9e598
+def training_flops(shape: ModelShape,  # the tagger's shape
+                   lengths,  # real length of each window
+                   mode: str = 'adapter'  # 'adapter' (frozen backbone) or 'full' (full fine-tuning)
+                  ) -> int:
     "Model FLOPs of one training step (forward and backward) over windows of the given real lengths."
     forward = forward_flops(shape, lengths)
     if mode == 'full': return 3 * forward
@@ -106,7 +122,11 @@ def training_flops(shape: ModelShape, lengths, mode: str = 'adapter') -> int:
     return int(forward + backward)
 
 # %% ../nbs/08_bench.ipynb #642fccec
-def padded_to(batch: Batch, length: int, pad_id: int, mask: bool = True) -> Batch:
+def padded_to(batch: Batch,  # a collated batch
+              length: int,  # positions to pad it to
+              pad_id: int,  # the tokenizer's padding id
+              mask: bool = True  # mask the padding; False attends to it, as the paper's code did
+             ) -> Batch:
     "`batch` padded to `length` positions; `mask=False` makes the attention mask all ones (no mask, as the paper's code)."
     extra = length - batch.input_ids.shape[1]
     if extra < 0: raise ValueError(f'batch is {batch.input_ids.shape[1]} long, more than {length}')
@@ -115,13 +135,17 @@ def padded_to(batch: Batch, length: int, pad_id: int, mask: bool = True) -> Batc
     return Batch(pad(batch.input_ids, pad_id), attention, pad(batch.labels, IGNORE), batch.word_positions,
                  batch.word_labels, batch.owned, batch.windows)
 
-
-def naive_padding_efficiency(lengths, padded_length: int = 512) -> float:
+# %% ../nbs/08_bench.ipynb #319d2caa
+def naive_padding_efficiency(lengths,  # real length of each window
+                             padded_length: int = 512  # the length every window is padded to
+                            ) -> float:
     "Real ÷ computed tokens when every window is padded to `padded_length`."
     return sum(lengths) / (len(lengths) * padded_length) if len(lengths) else 1.0
 
-
-def spread_sample(batches: list, k: int) -> list:
+# %% ../nbs/08_bench.ipynb #93860f60
+def spread_sample(batches: list,  # batches, in any order
+                  k: int  # how many to keep
+                 ) -> list:
     "`k` batches evenly spaced over `batches` (all of them if fewer): a length-representative sample, even of sorted batches."
     if k >= len(batches): return list(batches)
     return [batches[i] for i in np.linspace(0, len(batches) - 1, k).round().astype(int)]
@@ -148,9 +172,15 @@ def _timed(step, tagger, windows, batches, padded_length, mask, warmup) -> dict:
     return {'batches': len(batches), 'real_tokens': real, 'computed_tokens': computed, 'seconds': seconds,
             'tokens_per_s': real / seconds if seconds else 0.0, 'lengths': lengths}
 
-
-def time_training(tagger: Tagger, windows, batches, padded_length: int | None = None, mask: bool = True,
-                  warmup: int = 1, lr: float = 1e-4) -> dict:
+# %% ../nbs/08_bench.ipynb #d14b7218
+def time_training(tagger: Tagger,  # a throw-away tagger: training changes its weights
+                  windows,  # encoded windows
+                  batches,  # lists of window indices, one per step
+                  padded_length: int | None = None,  # pad every batch to this length (the naive setting); None: to its longest window
+                  mask: bool = True,  # mask the padding
+                  warmup: int = 1,  # untimed steps first
+                  lr: float = 1e-4  # AdamW's learning rate
+                 ) -> dict:  # batches, real_tokens, computed_tokens, seconds, tokens_per_s, lengths
     "Time training steps over `batches` (lists of window indices): real and computed tokens, seconds, real tokens/s."
     from metricner.trainers import TrainConfig, optimizer_for
     optimizer = optimizer_for(tagger, TrainConfig(lr=lr))
@@ -162,9 +192,14 @@ def time_training(tagger: Tagger, windows, batches, padded_length: int | None = 
         optimizer.step()
     return _timed(step, tagger, windows, batches, padded_length, mask, warmup)
 
-
-def time_inference(tagger: Tagger, windows, batches, padded_length: int | None = None, mask: bool = True,
-                   warmup: int = 1) -> dict:
+# %% ../nbs/08_bench.ipynb #ff1c486d
+def time_inference(tagger: Tagger,  # the tagger; its training mode is restored afterwards
+                   windows,  # encoded windows
+                   batches,  # lists of window indices, one per step
+                   padded_length: int | None = None,  # pad every batch to this length (the naive setting); None: to its longest window
+                   mask: bool = True,  # mask the padding
+                   warmup: int = 1  # untimed steps first
+                  ) -> dict:  # as `time_training` returns
     "Time tagging (forward and arg-max, evaluation mode, inference mode) over `batches`: as `time_training`."
     was_training = tagger.training
     tagger.eval()
@@ -176,7 +211,12 @@ def time_inference(tagger: Tagger, windows, batches, padded_length: int | None =
     finally: tagger.train(was_training)
 
 # %% ../nbs/08_bench.ipynb #36adf8c4
-def utilisation(timing: dict, shape: ModelShape, peak_gflops: float, training: bool, mode: str = 'adapter') -> dict:
+def utilisation(timing: dict,  # as `time_training` or `time_inference` returns
+                shape: ModelShape,  # the timed tagger's shape
+                peak_gflops: float,  # the machine's limit (`matmul_gflops`' best)
+                training: bool,  # whether `timing` timed training steps
+                mode: str = 'adapter'  # the tagger's mode, for the training FLOPs
+               ) -> dict:  # tokens_per_s, mflops_per_real_token, model_gflops, mfu, and the timing's counts
     "Tokens/s, model FLOPs per real token, achieved model GFLOP/s and MFU of a `time_training`/`time_inference` result."
     lengths = timing['lengths']
     flops = training_flops(shape, lengths, mode) if training else forward_flops(shape, lengths)
@@ -190,7 +230,11 @@ MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::_s
               'aten::_scaled_dot_product_flash_attention_for_cpu_backward')
 
 
-def training_time_shares(tagger: Tagger, windows, idx, top: int = 6) -> dict:
+def training_time_shares(tagger: Tagger,  # a throw-away tagger: the profiled steps train it
+                         windows,  # encoded windows
+                         idx,  # the window indices of the profiled batch
+                         top: int = 6  # operators to list
+                        ) -> dict:  # matmul_share, and top_ops: operator → share of the step's time
     "Share of one training step's operator time spent in matrix products, and the `top` operators by own time."
     from torch.profiler import profile
     time_training(tagger, windows, [idx], warmup=0)  # the first step allocates
@@ -205,7 +249,9 @@ def training_time_shares(tagger: Tagger, windows, idx, top: int = 6) -> dict:
 # %% ../nbs/08_bench.ipynb #30a711b6
 class PeakRSS:
     "Context manager: the peak resident set size above the starting level, sampled in a thread (`peak_mib`; Linux)."
-    def __init__(self, interval: float = 0.002): self.interval, self.peak_mib = interval, None
+    def __init__(self,
+                 interval: float = 0.002  # seconds between samples
+                ): self.interval, self.peak_mib = interval, None
 
     @staticmethod
     def rss_mib() -> float | None:
@@ -235,7 +281,11 @@ def _embedding_files(cache_dir) -> set[str]:
     return {p.name for p in folder.glob('*.safetensors')} if folder.is_dir() else set()
 
 
-def aux_similarity_probe(corpus: str = 'all', paradigm: str = 'sentenc', data_dir=None, cache_dir=None) -> dict:
+def aux_similarity_probe(corpus: str = 'all',  # the source corpus (a name or a spec)
+                         paradigm: str = 'sentenc',  # how event records become vectors: 'sentenc' or 'concat'
+                         data_dir=None,  # the corpora folder; default as `load_corpus`
+                         cache_dir=None  # the embedding cache; default `default_cache_dir()`
+                        ) -> dict:  # seconds, peak_mib, encoded, entities, records, matrix_mib
     "One build of the auxiliary similarity of `corpus` in this process: seconds, RSS peak above the start, whether it encoded."
     from metricner.data import load_corpus
     from metricner.events import SentenceEncoder, build_aux_similarity
@@ -250,7 +300,7 @@ def aux_similarity_probe(corpus: str = 'all', paradigm: str = 'sentenc', data_di
             'entities': stats['entities_with_records'], 'records': stats['records'],
             'matrix_mib': aux.matrix.numel() * 4 / 2 ** 20 if aux.matrix is not None else 0.0}
 
-
+# %% ../nbs/08_bench.ipynb #8e294b84
 def _probe_in_fresh_process(corpus, paradigm, data_dir, cache_dir) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / 'probe.json'
@@ -263,7 +313,11 @@ def _probe_in_fresh_process(corpus, paradigm, data_dir, cache_dir) -> dict:
         return json.loads(out.read_text())
 
 
-def measure_aux_similarity(corpus: str = 'all', paradigm: str = 'sentenc', data_dir=None, cache_dir=None) -> dict:
+def measure_aux_similarity(corpus: str = 'all',  # the source corpus (a name or a spec)
+                           paradigm: str = 'sentenc',  # 'sentenc' or 'concat'
+                           data_dir=None,  # the corpora folder; default as `load_corpus`
+                           cache_dir=None  # the embedding cache; default `default_cache_dir()`
+                          ) -> dict:  # the probe's figures from the cache, first_build_seconds, encoded_in_run
     "Build time and peak memory of the auxiliary similarity with record embeddings cached, each build in a fresh process."
     first = _probe_in_fresh_process(corpus, paradigm, data_dir, cache_dir)
     if not first['encoded']: return {**first, 'first_build_seconds': None, 'encoded_in_run': False}
@@ -276,7 +330,9 @@ BENCH_FLOORS = {'padding_efficiency': ('>=', 0.85), 'train_mfu': ('>=', 0.35), '
 "Figure → (comparison, bound) the issue asks for."
 
 
-def meets_floors(result: dict, floors: dict = BENCH_FLOORS) -> dict[str, bool | None]:
+def meets_floors(result: dict,  # as `run_benchmark` returns
+                 floors: dict = BENCH_FLOORS  # figure → (comparison, bound)
+                ) -> dict[str, bool | None]:  # figure → met, None when the figure is missing
     "Whether each floor is met (None when the figure is missing)."
     def met(value, op, bound):
         if value is None: return None
@@ -318,8 +374,13 @@ def _throughputs(tagger, windows, peak, sizes, naive_length, naive=True, inferen
     return out
 
 # %% ../nbs/08_bench.ipynb #935f6fb1
-def run_benchmark(quick: bool = False, data_dir=None, progress: bool = True, backbone=None,
-                  train_batch_size: int = 16, infer_batch_size: int = 32) -> dict:
+def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a few minutes
+                  data_dir=None,  # the corpora folder; default as `load_corpus`
+                  progress: bool = True,  # say on stderr what is being measured
+                  backbone=None,  # a path or Hub id; default the bundled MiniLM
+                  train_batch_size: int = 16,  # windows per training step
+                  infer_batch_size: int = 32  # windows per inference step
+                 ) -> dict:  # the figures of the table above, the naive setting, floors, details and configuration
     "Measure metricner's speed and efficiency figures on this machine (see the table above); `quick` takes a few minutes."
     from metricner.data import load_corpus
     from metricner.losses import benchmark_ms_loss
@@ -426,7 +487,8 @@ def _contention(config: dict) -> str:
     return text
 
 
-def format_benchmark(result: dict) -> str:
+def format_benchmark(result: dict  # as `run_benchmark` returns, or any part of it
+                    ) -> str:  # the table, as text
     "A readable table of a `run_benchmark` result."
     config, met, floors = result.get('config', {}), result.get('meets_floors', {}), result.get('floors', {})
     lines = [f"metricner bench{' --quick' if config.get('quick') else ''}: {config.get('backbone', '?')}, "

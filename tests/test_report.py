@@ -103,15 +103,29 @@ def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
 
 
 def test_site_builds_from_records_alone(smoke_results, tmp_path):
-    index = build_site(tmp_path / 'site', results=smoke_results, use_quarto=False, profile='smoke')
+    import shutil
+    import nbformat
+    records = tmp_path / 'records'
+    shutil.copytree(smoke_results, records)
+    # a run notebook as papermill records it: the absolute paths of the checkout it ran in, in its parameters and output
+    ran_in = '/home/someone/metricner'
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f'out_dir = "{ran_in}/results/runs/smoke/pc/eg_ed-42"')])
+    run.cells[0].outputs = [nbformat.v4.new_output('stream', name='stderr', text=f'{ran_in}/.venv/lib/tqdm/auto.py:21: TqdmWarning\n')]
+    run.metadata['papermill'] = {'input_path': f'{ran_in}/nbs/run_experiment.ipynb'}
+    nbformat.write(run, str(records / 'eg_ed-42' / 'run.ipynb'))
+    index = build_site(tmp_path / 'site', results=records, use_quarto=False, profile='smoke')
     html = index.read_text()
     for page in ('overview.html', 'method.html', 'results.html'):
         assert page in html and (tmp_path / 'site' / page).exists()
     results = (tmp_path / 'site' / 'results.html').read_text()
     assert 'bc5cdr' in results and 'EG+ED' in results and 'data:image/png' in results  # tables and figures rendered
     assert 'echo: false' not in results  # Quarto's front matter (a raw cell) is not shown as text
-    assert f'6 records under {smoke_results}' in results  # the page read the records it was given, not the project's
+    assert '6 records under …/records' in results  # the page read the records it was given, not the project's
     assert 'stage-1 models stopped at the epoch cap' in results  # the source-stage section found the two-stage runs
+    run_page = (tmp_path / 'site' / 'runs' / 'run-eg_ed-42.html').read_text()
+    assert 'results/runs/smoke/pc/eg_ed-42' in run_page and '.venv/lib/tqdm/auto.py' in run_page and ran_in not in run_page
+    for page in (results, run_page, html):  # no absolute path of the machine that built or ran it
+        assert str(tmp_path) not in page and str(PROJECT_ROOT) not in page
     api = (tmp_path / 'site' / 'api' / '00_data.html').read_text()
     assert 'load_corpus' in api and '#| export' not in api  # the library's code, without nbdev's directives
 
@@ -139,6 +153,33 @@ def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch)
     assert index == tmp_path / 'site' / 'index.html'
     assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke|{sys.executable}'
     assert (PROJECT_ROOT / 'api' / '00_data.ipynb').exists()  # the library pages Quarto renders were staged first
+
+
+def test_report_works_from_an_installed_package(tmp_path):
+    """Without a checkout (no settings.ini and nbs/ above the package) the module imports and knows its grid and default
+    folders; the grid driver and the site say that they need a checkout."""
+    import shutil
+    import subprocess
+    import metricner
+    site = tmp_path / 'site-packages'
+    shutil.copytree(Path(metricner.__file__).parent, site / 'metricner', ignore=shutil.ignore_patterns('__pycache__'))
+    work = tmp_path / 'work'
+    work.mkdir()
+    code = """
+import metricner, metricner.data, metricner.report as report
+assert metricner.data.PROJECT_ROOT is None and metricner.__file__.startswith(sys.argv[1]), metricner.__file__
+print(report.default_runs_dir(), len(report.grid()))
+for call in (report.build_site, report.stage_api_pages, lambda: report.run_grid(report.grid('smoke')[:1], log=lambda *_: None)):
+    try: call()
+    except RuntimeError as error: print(error)
+"""
+    done = subprocess.run([sys.executable, '-c', 'import sys' + code, str(site)], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': str(site)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f'{work / "results" / "runs"} 40'
+    assert [line.split(' needs')[0] for line in lines[1:]] == ['building the site', 'staging the API pages', 'running the grid']
+    assert all('needs a project checkout' in line for line in lines[1:])
 
 
 def test_cell_status(tmp_path, monkeypatch):
