@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .data import PROJECT_ROOT
-from .experiments import ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir, uses_grouping
+from .experiments import SETTINGS, ExperimentConfig, code_fingerprint, config_from_parameters, default_out_dir
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'RUNS', 'RECORD_COLUMNS', 'SETTING_ORDER', 'SETTING_NAMES', 'FP_MEASURES', 'CLAIMS',
@@ -67,7 +67,8 @@ def cell_status(parameters: dict, root: Path | None = None) -> str:
     try: record = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
     except (OSError, json.JSONDecodeError): return 'missing'
     wanted = asdict(config_from_parameters({**parameters, 'out_dir': str(folder)}))
-    recorded = {**record.get('config', {}), 'out_dir': wanted['out_dir'], 'data_dir': wanted['data_dir']}
+    # a field added after the record was made has its default there: the code then behaved as the default says
+    recorded = {**asdict(ExperimentConfig()), **record.get('config', {}), 'out_dir': wanted['out_dir'], 'data_dir': wanted['data_dir']}
     if recorded != wanted: return 'missing'
     return 'done' if record.get('code') == code_fingerprint() else 'stale'
 
@@ -181,7 +182,7 @@ SETTING_NAMES = {'target_only': 'Target Only', 'direct_transfer': 'Direct Transf
 
 def main_runs(records: pd.DataFrame) -> pd.DataFrame:
     "The runs of the main comparison: default λ_tgt, sentEnc events."
-    keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~records.setting.map(uses_grouping))
+    keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~records.setting.map(lambda s: SETTINGS[s].grouping))
     return records[keep]
 
 
@@ -422,7 +423,7 @@ def plot_feature_projection(folders: dict, seed: int = 0):
 
 # %% ../nbs/06_report.ipynb #f384996e
 def _stage_objective(config: dict) -> str:
-    return f"EG ({config['events']})" if uses_grouping(config['setting']) else 'CE only'
+    return f"EG ({config['events']})" if SETTINGS[config['setting']].grouping else 'CE only'
 
 
 def source_stages(records: pd.DataFrame) -> pd.DataFrame:
