@@ -117,8 +117,8 @@ class ExperimentConfig:
     save_features: bool | None = config_field(None, 'target')  # entity features of test documents for plots; None: as the setting says
     feature_documents: int = config_field(100, 'target')  # how many test documents (from the start) give features (CHEMDNER: ~2,000 entities, ~1.7 MB)
     device: str = config_field('auto', 'run')  # 'auto' (the first CUDA GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1'
-    data_dir: str | None = config_field(None, 'run')  # where the corpora are; stages are keyed by the files' contents
-    out_dir: str | None = config_field(None, 'run')  # where metrics.json goes; None: `default_out_dir`
+    data_dir: str | Path | None = config_field(None, 'run')  # where the corpora are; stages are keyed by the files' contents
+    out_dir: str | Path | None = config_field(None, 'run')  # where metrics.json goes; None: `default_out_dir`
 
 # %% ../nbs/05_experiments.ipynb #c82d23c6
 PROFILE_DEFAULTS = {
@@ -168,14 +168,16 @@ def _accepts(hint, value) -> bool:
 
 
 def _check_nested(name: str, mapping: dict) -> None:
-    "The keys of one nested mapping, and the values that must be numbers."
-    if name.endswith('_train'):
-        for key in set(mapping) & set(_SET_BY_THE_RUN): raise ValueError(f'{name}.{key} is set by the run: give {_SET_BY_THE_RUN[key]} instead')
+    "The keys of one nested mapping (all of them for an MS loss), and its values where they must be numbers."
+    reserved = [key for key in mapping if key in _SET_BY_THE_RUN] if name.endswith('_train') else []
+    if reserved: raise ValueError(f'{name}.{reserved[0]} is set by the run: give {_SET_BY_THE_RUN[reserved[0]]} instead')
     check_known(f'{name} key', mapping, NESTED_KEYS[name])
-    numbers = float if name.startswith('ms_') else int if name == 'max_documents' else None
+    missing = [key for key in NESTED_KEYS[name] if key not in mapping] if name.startswith('ms_') else []
+    if missing: raise ValueError(f'{name} lacks {", ".join(missing)}: an MS loss needs all its hyperparameters')
     for key, value in mapping.items():
-        if numbers and not (_accepts(numbers, value) and value >= (1 if numbers is int else 0)):
-            raise ValueError(f'{name}.{key} must be a {"positive whole" if numbers is int else "non-negative"} number, not {value!r}')
+        if name.startswith('ms_') and not _accepts(float, value): raise ValueError(f'{name}.{key} must be a number, not {value!r}')
+        if name == 'max_documents' and not (_accepts(int, value) and value >= 1):
+            raise ValueError(f'{name}.{key} must be a positive whole number, not {value!r}')
 
 
 def _check_fields(config) -> None:
@@ -343,7 +345,7 @@ def file_digest(path: Path) -> str:
     if path.suffix == '.json': return _digest(json.loads(path.read_text(encoding='utf-8')))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
+# %% ../nbs/05_experiments.ipynb #56646971
 def code_fingerprint(package: Path | None = None,  # a copy of the package folder; None: the one running
                     ) -> str:
     "Digest of the code and data that decide a run's result: a change there invalidates cached stages and recorded runs."
@@ -390,7 +392,7 @@ def source_stage_inputs(config: ExperimentConfig,  # a resolved configuration
     inputs['setting'] = 'grouping' if grouping else 'cross-entropy'  # all that stage 1 reads of the setting
     return inputs
 
-
+# %% ../nbs/05_experiments.ipynb #77528c32
 def source_stage_key(config: ExperimentConfig,  # a resolved configuration
                      backbone: str | None,  # the backbone actually loaded (`backbone_path`)
                     ) -> str:
