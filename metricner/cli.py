@@ -13,19 +13,20 @@ from pathlib import Path
 from . import __version__
 from .data import CorpusFormatError, CorpusNotFoundError, corpus_names, corpus_stats, format_stats
 from .download import DownloadError, download
-from .experiments import PROFILES, SETTINGS, config_from_parameters, run_experiment
-from .events import PARADIGMS
+from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_experiment
 
 # %% auto #0
-__all__ = ['cmd_stats', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'build_parser', 'main']
+__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'build_parser',
+           'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
+    "`metricner stats`: raw counts of each corpus and split, as a table or JSON."
     stats = {spec: corpus_stats(spec, args.data_dir) for spec in (args.corpora or corpus_names())}
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #90d571d8
 def _override(text: str) -> tuple[str, object]:
     "`KEY=VALUE` with VALUE read as JSON when it parses (numbers, booleans, lists), else as a string."
     key, sep, value = text.partition('=')
@@ -33,30 +34,44 @@ def _override(text: str) -> tuple[str, object]:
     try: return key, json.loads(value)
     except json.JSONDecodeError: return key, value
 
+# %% ../nbs/07_cli.ipynb #fbe1d39d
+def add_run_arguments(parser: argparse.ArgumentParser,  # the `run` subcommand's parser
+                     ) -> None:
+    "One option per entry of `PARAMETERS`, with its flag, type, default, choices and help."
+    for p in PARAMETERS:
+        if p.kind is dict:  # overrides: KEY=VALUE, repeated
+            parser.add_argument(p.option, dest=p.name, action='append', type=_override, metavar='KEY=VALUE', help=p.help)
+            continue
+        default = '' if p.default is None else f' (default: {p.default})'
+        parser.add_argument(p.option, dest=p.name, default=p.default, type=int if p.kind is int else str, choices=p.choices,
+                            help=p.help + default)
 
+# %% ../nbs/07_cli.ipynb #3c825e82
 def cmd_run(args) -> int:
-    parameters = {'target': args.target, 'source': args.source, 'setting': args.setting, 'events': args.events,
-                  'profile': args.profile, 'seed': args.seed, 'backbone': args.backbone, 'out_dir': args.out,
-                  'target_types': args.target_types, 'source_exclude_types': args.source_exclude_types,
-                  'data_dir': args.data_dir, 'device': args.device, 'overrides': dict(args.set or [])}
+    "`metricner run`: one experiment from the `PARAMETERS` options; writes its metrics.json."
+    parameters = {p.name: getattr(args, p.name) for p in PARAMETERS}
+    parameters.update({p.name: dict(parameters[p.name] or []) for p in PARAMETERS if p.kind is dict})  # --set pairs
     run_experiment(config_from_parameters(parameters))
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #0d46699d
 def cmd_bench(args) -> int:
+    "`metricner bench`: speed and efficiency figures of this machine."
     from metricner.bench import format_benchmark, run_benchmark  # heavy: only when asked for
     result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
     print(json.dumps(result, indent=1, default=str) if args.json else format_benchmark(result))
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #4faf3809
 def cmd_download(args) -> int:
+    "`metricner download`: fetch corpora and verify their checksums."
     summary = download(args.corpora or None, args.to, progress=not args.quiet)
     print(json.dumps(summary, indent=1))
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #a4fa91bd
 def cmd_results(args) -> int:
+    "`metricner results`: run the grid cells that are not done, or list their status."
     from metricner.report import grid, grid_progress, run_grid  # pandas and papermill: only when asked for
     if args.status:
         progress = grid_progress(profile=args.profile)
@@ -66,14 +81,16 @@ def cmd_results(args) -> int:
     run_grid(grid(args.profile), keep_stale=args.keep_stale, dry_run=args.dry_run)
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #6fdb11df
 def cmd_report(args) -> int:
+    "`metricner report`: build the report site from the committed records."
     from metricner.report import build_site
     print(build_site(args.out, use_quarto=False if args.no_quarto else None, profile=args.profile))
     return 0
 
 # %% ../nbs/07_cli.ipynb #cc486e39
 def build_parser() -> argparse.ArgumentParser:
+    "The `metricner` program: one subcommand per task."
     parser = argparse.ArgumentParser(prog='metricner', description='Metric-learning NER under domain shift (NAACL 2024), reproduced.')
     parser.add_argument('--version', action='version', version=f'metricner {__version__}')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -85,20 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(run=cmd_stats)
 
     run = commands.add_parser('run', help='run one experiment and write its metrics.json')
-    run.add_argument('--target', default='chemdner', help='target corpus: chemdner, bc5cdr, drugprot or FORMAT:DIR (default: chemdner)')
-    run.add_argument('--source', default='all', help='source corpus: pc, cg, id, all or FORMAT:DIR (default: all)')
-    run.add_argument('--setting', default='eg_ed', choices=SETTINGS, help='which setting of the paper (default: eg_ed)')
-    run.add_argument('--events', default='sentenc', choices=PARADIGMS, help='event paradigm of entity grouping (default: sentenc)')
-    run.add_argument('--profile', default='cpu', choices=PROFILES, help='smoke, cpu or paper (default: cpu)')
-    run.add_argument('--seed', type=int, default=42)
-    run.add_argument('--backbone', default=None, help="encoder path or cached Hub id (default: the profile's)")
-    run.add_argument('--out', default=None, help='output folder for metrics.json (default: results/runs/...)')
-    run.add_argument('--target-types', default=None, help='label types of a target given by spec, comma-separated')
-    run.add_argument('--source-exclude-types', default=None, help='types removed from the labels of a source spec, comma-separated')
-    run.add_argument('--data-dir', default=None, help='where the corpora are (default: $METRICNER_DATA)')
-    run.add_argument('--device', default='auto', help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N (default: auto)")
-    run.add_argument('--set', action='append', type=_override, metavar='KEY=VALUE',
-                     help='override any configuration value, e.g. --set target_train.lr=5e-4 --set lambda_tgt=0.2')
+    add_run_arguments(run)
     run.set_defaults(run=cmd_run)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=cmd_report)
     return parser
 
-
+# %% ../nbs/07_cli.ipynb #12641347
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `metricner` console script."
     args = build_parser().parse_args(argv)

@@ -104,7 +104,8 @@ def cell_status(parameters: dict,  # one run of `grid`
     try: record = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
     except (OSError, json.JSONDecodeError): return 'missing'
     wanted = asdict(config_from_parameters({**parameters, 'out_dir': str(folder)}))
-    recorded = {**record.get('config', {}), 'out_dir': wanted['out_dir'], 'data_dir': wanted['data_dir']}
+    # a field added after the record was made has its default there: the code then behaved as the default says
+    recorded = {**asdict(ExperimentConfig()), **record.get('config', {}), 'out_dir': wanted['out_dir'], 'data_dir': wanted['data_dir']}
     if recorded != wanted: return 'missing'
     return 'done' if record.get('code') == code_fingerprint() else 'stale'
 

@@ -51,3 +51,18 @@ def test_results_status_and_dry_run():
     assert all(word in lines[0] for word in ('target', 'setting', 'seed', 'status'))
     dry = run('results', '--dry-run')
     assert dry.returncode == 0 and 'grid runs to do' in dry.stdout
+
+
+def test_run_checks_its_configuration_before_reading_data(tmp_path):
+    "The data folder is empty: a check made after reading data would fail with another message."
+    result = run('run', '--profile', 'smoke', '--set', 'ms_source.alpah=3', '--data-dir', str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().count('\n') == 0, result.stderr
+    assert "unknown ms_source key 'alpah' (did you mean 'alpha'?)" in result.stderr
+
+
+def test_run_options_are_the_parameter_list():
+    from metricner.experiments import PARAMETERS, SETTINGS
+    result = run('run', '--help')
+    assert result.returncode == 0, result.stderr
+    for p in PARAMETERS: assert p.option in result.stdout, p.option
+    assert '{' + ','.join(SETTINGS) + '}' in result.stdout and 'EG+ED' in result.stdout  # choices and labels from the registry

@@ -1,5 +1,9 @@
 "Experiments end to end on the smoke profile (tiny local BERT, real corpus slices): settings, cache, resume, CLI, papermill."
+import ast
+import dataclasses
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_files
 from metricner import experiments
 from metricner.encoder import build_tiny_backbone
-from metricner.experiments import (SETTINGS, ExperimentConfig, StageCache, config_from_parameters, run_experiment)
+from metricner.experiments import (PARAMETERS, SETTINGS, STAGES, ExperimentConfig, StageCache, config_from_parameters, resolve,
+                                   run_experiment, source_stage_inputs, source_stage_key)
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +48,7 @@ def test_every_setting_writes_a_complete_record(isolated, setting):
     assert ('source_model' in written['source_false_positives']) == (written['stage1'] is not None)
     few_shot = written['data']['train'].get('few_shot')
     assert (few_shot is None) == (setting == 'oracle')
+    assert written['config']['few_shot'] == 'paper' and (few_shot is None or few_shot['rule'] == 'paper')
     if setting in ('eg', 'eg_ed'):
         assert written['stage1']['aux_similarity']['records'] > 0
         assert any(h['ms'] > 0 for h in written['stage1']['history'])
@@ -120,16 +127,96 @@ def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
     assert record['stage1']['cache'] == 'reused' and (isolated / 'run' / 'metrics.json').exists()
 
 
-def test_code_fingerprint_covers_the_modules_that_decide_results(tmp_path):
+def copy_package(tmp_path: Path) -> Path:
     package = tmp_path / 'metricner'
     package.mkdir()
     for path in Path(experiments.__file__).parent.glob('*.py'): (package / path.name).write_bytes(path.read_bytes())
+    return package
+
+
+def reword_docstrings_and_comment(path: Path) -> None:
+    "Replace every function and class docstring and append a comment to every one-line return, located by the syntax tree."
+    source = path.read_bytes()
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    docs = [n.body[0].value for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(n, clean=False)]
+    returns = {n.lineno - 1 for n in ast.walk(tree) if isinstance(n, ast.Return) and n.lineno == n.end_lineno}
+    assert docs and returns
+    for node in sorted(docs, key=lambda n: (n.lineno, n.col_offset), reverse=True):  # offsets are in bytes
+        first, last = node.lineno - 1, node.end_lineno - 1
+        lines[first:last + 1] = [lines[first][:node.col_offset] + b'"Reworded."' + lines[last][node.end_col_offset:]]
+        returns = {i if i < first else i - (last - first) for i in returns}
+    for i in returns: lines[i] = lines[i].rstrip(b'\r\n') + b'  # a comment\n'
+    path.write_bytes(b''.join(lines))
+
+
+def test_code_fingerprint_ignores_prose_and_formatting(tmp_path):
+    "Records stay done after a docstring, comment or formatting change in a result module."
+    package = copy_package(tmp_path)
     before = experiments.code_fingerprint(package)
     assert before == experiments.code_fingerprint()
-    (package / 'report.py').write_text('# a report change\n', encoding='utf-8')
+    reword_docstrings_and_comment(package / 'trainers.py')
+    assert (package / 'trainers.py').read_bytes() != Path(experiments.__file__).with_name('trainers.py').read_bytes()
+    losses = package / 'losses.py'
+    losses.write_text(ast.unparse(ast.parse(losses.read_text(encoding='utf-8'))), encoding='utf-8')  # reformatted, comments gone
+    (package / 'report.py').write_text('# not a result module\n', encoding='utf-8')
     assert experiments.code_fingerprint(package) == before
-    (package / 'trainers.py').write_text((package / 'trainers.py').read_text(encoding='utf-8') + '\n# a change\n', encoding='utf-8')
+
+
+def test_code_fingerprint_follows_what_the_code_does(tmp_path):
+    "A loss constant changed makes records stale."
+    package = copy_package(tmp_path)
+    before = experiments.code_fingerprint(package)
+    losses = package / 'losses.py'
+    text = losses.read_text(encoding='utf-8')
+    assert 'PAPER_SOURCE_MS = dict(alpha=4.0,' in text
+    losses.write_text(text.replace('PAPER_SOURCE_MS = dict(alpha=4.0,', 'PAPER_SOURCE_MS = dict(alpha=4.5,'), encoding='utf-8')
     assert experiments.code_fingerprint(package) != before
+
+
+def test_git_commit_is_dirty_for_code_files_only(tmp_path, monkeypatch):
+    write_files(tmp_path, {'metricner/trainers.py': 'x = 1\n', 'results/runs/a/metrics.json': '{}', 'nbs/06_report.ipynb': '{}'})
+    def git(*args): subprocess.run(['git', '-C', str(tmp_path), '-c', 'user.name=t', '-c', 'user.email=t@t', *args], check=True, capture_output=True)
+    git('init', '-q'); git('add', '.'); git('commit', '-qm', 'first')
+    code = [tmp_path / 'metricner' / 'trainers.py']
+    clean = experiments.git_commit(tmp_path, code)
+    assert len(clean['commit']) == 40 and clean['dirty'] is False
+    write_files(tmp_path, {'results/runs/a/metrics.json': '{"f1": 1}', 'results/runs/b/metrics.json': '{}', 'nbs/06_report.ipynb': '{"cells": []}'})
+    assert experiments.git_commit(tmp_path, code)['dirty'] is False  # records and notebooks are not code
+    code[0].write_text('x = 2\n', encoding='utf-8')
+    assert experiments.git_commit(tmp_path, code) == {'commit': clean['commit'], 'dirty': True}
+    monkeypatch.setattr(experiments, 'PROJECT_ROOT', None)  # an installed package
+    assert experiments.git_commit() == {'commit': None, 'dirty': None}
+
+
+def test_every_configuration_field_says_which_stage_reads_it():
+    unclassified = [f.name for f in dataclasses.fields(ExperimentConfig) if f.metadata.get('stage') not in STAGES]
+    assert not unclassified, f'declare these fields with config_field(default, stage): {unclassified}'
+    @dataclasses.dataclass
+    class Extended(ExperimentConfig):
+        new_knob: int = 3
+    with pytest.raises(TypeError, match='new_knob does not say which stage reads it'):
+        source_stage_inputs(Extended())
+
+
+def test_source_stage_key_follows_what_stage_one_reads(tmp_path):
+    write_files(tmp_path, {'train/a.txt': 'MDM2 binds.', 'train/a.a1': 'T1\tProtein 0 4\tMDM2\n'})
+    base = dict(target='bc5cdr', source=f'standoff:{tmp_path}', setting='direct_transfer', profile='smoke')
+    def key(backbone='tiny-backbone', **change): return source_stage_key(resolve(ExperimentConfig(**{**base, **change})), backbone)
+    reference = key()
+    stage_two_only = [dict(setting='ed'), dict(lambda_tgt=0.3), dict(target_train={'lr': 1.0}), dict(ms_target={**experiments.PAPER_TARGET_MS, 'alpha': 1.0}),
+                      dict(target_types=['X']), dict(few_shot='random'), dict(save_features=True), dict(out_dir='elsewhere'),
+                      dict(device='cpu'), dict(events='concat'), dict(lambda_src=2.0)]  # the last two: no entity grouping here
+    for change in stage_two_only: assert key(**change) == reference, change
+    stage_one = [dict(seed=7), dict(setting='eg'), dict(source_train={'lr': 1.0}), dict(max_length=32), dict(mode='adapter'),
+                 dict(unit='sentence'), dict(source_exclude_types=['Protein']), dict(max_documents={'train': 2}), dict(backbone='other')]
+    for change in stage_one: assert key(**change) != reference, change
+    grouping = key(setting='eg')
+    assert key(setting='eg_ed') == grouping
+    assert key(setting='eg', events='concat') != grouping and key(setting='eg', lambda_src=2.0) != grouping
+    assert key(backbone='another-backbone') != reference
+    (tmp_path / 'train' / 'a.txt').write_text('MDM2 binds!')
+    assert key() != reference  # the corpus contents
 
 
 def test_device_is_checked_before_training(isolated):
@@ -171,6 +258,72 @@ def test_bad_parameters_fail_before_training():
         config_from_parameters({'target': 'chemdner', 'source': 'chemdner', 'setting': 'ed'})
     with pytest.raises(ValueError, match="unknown profile 'gpu'"):
         config_from_parameters({'profile': 'gpu'})
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(ms_source={**experiments.PAPER_SOURCE_MS, 'alpah': 3}), "unknown ms_source key 'alpah' (did you mean 'alpha'?)"),
+    (dict(ms_target={'alpha': 2.0}), 'ms_target lacks beta'),
+    (dict(target_train={'max_epoch': 3}), "unknown target_train key 'max_epoch' (did you mean 'max_epochs'?)"),
+    (dict(source_train={'seed': 3}), 'source_train.seed is set by the run: give seed instead'),
+    (dict(max_documents={'tain': 3}), "unknown max_documents key 'tain' (did you mean 'train'?)"),
+    (dict(setting='eg-ed'), "unknown setting 'eg-ed' (did you mean 'eg_ed'?)"),
+    (dict(profile='smok'), "unknown profile 'smok' (did you mean 'smoke'?)"),
+    (dict(events='sentence'), "unknown events 'sentence' (did you mean 'sentenc'?)"),
+    (dict(mode='adapters'), "unknown mode 'adapters' (did you mean 'adapter'?)"),
+    (dict(unit='sentences'), "unknown unit 'sentences' (did you mean 'sentence'?)"),
+    (dict(aux_reduce='maximum'), "unknown aux_reduce 'maximum'"),
+    (dict(few_shot='randm'), "unknown few_shot 'randm' (did you mean 'random'?)"),
+    (dict(device='gpu'), "unknown device 'gpu'"),
+    (dict(seed='42'), "seed must be of type int, not '42'"),
+    (dict(few_shot_seed=3), "give few_shot='random' with them"),
+])
+def test_configuration_is_checked_before_any_data_is_read(tmp_path, change, message):
+    "The data folder is empty: a check made after reading data would fail with another message."
+    config = ExperimentConfig(**{'target': 'bc5cdr', 'source': 'pc', 'profile': 'smoke', 'data_dir': str(tmp_path),
+                                 'out_dir': str(tmp_path / 'run'), **change})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_experiment(config, StageCache(tmp_path / 'stages'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_overrides_reach_nested_keys_and_are_checked():
+    assert config_from_parameters({'overrides': {'ms_source.alpha': 3}}).ms_source == {**experiments.PAPER_SOURCE_MS, 'alpha': 3}
+    with pytest.raises(ValueError, match=re.escape("unknown ms_source key 'alpah' (did you mean 'alpha'?)")):
+        config_from_parameters({'overrides': {'ms_source.alpah': 3}})
+    with pytest.raises(ValueError, match=re.escape("unknown configuration field 'lamda_tgt' (did you mean 'lambda_tgt'?)")):
+        config_from_parameters({'overrides': {'lamda_tgt': 0.2}})
+
+
+def template_parameters() -> dict:
+    "The names and literal values of the papermill template's `parameters` cell, in order."
+    notebook = json.loads((ROOT / 'nbs' / 'run_experiment.ipynb').read_text(encoding='utf-8'))
+    [cell] = [c for c in notebook['cells'] if 'parameters' in c['metadata'].get('tags', [])]
+    tree = ast.parse(''.join(cell['source']))
+    assert all(isinstance(node, ast.Assign) and len(node.targets) == 1 for node in tree.body), 'one assignment per line'
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}  # papermill needs literals
+
+
+def test_the_template_parameters_are_the_parameter_list():
+    assert template_parameters() == {p.name: p.default for p in PARAMETERS}
+    assert list(template_parameters()) == [p.name for p in PARAMETERS]
+
+
+def test_few_shot_sampler_is_a_configuration_value(isolated):
+    slices = {'train': 40, 'dev': 10, 'test': 1}
+    def chosen(**change):
+        config = resolve(smoke(isolated, setting='target_only', max_documents=slices, **change))
+        _, units, info = experiments.target_data(config)
+        return [u.doc_id for u in units['train']], info['train']['few_shot']
+    paper, paper_info = chosen()
+    first, first_info = chosen(few_shot='random', few_shot_seed=1)
+    assert paper_info['rule'] == 'paper' and first_info['rule'] == 'random' and first_info['seed'] == 1
+    assert first_info['k'] == math.ceil(paper_info['limit'])  # the paper's quota per label, drawn at random
+    assert chosen(few_shot='random', few_shot_seed=1)[0] == first  # a seeded draw
+    assert chosen(few_shot='random', few_shot_seed=2)[0] != first and first != paper
+    assert chosen(few_shot='random')[1]['seed'] == 42  # by default the run's seed
+    record = run_experiment(smoke(isolated, setting='target_only', few_shot='random', few_shot_seed=3), StageCache(isolated / 'stages'))
+    assert record['config']['few_shot'] == 'random' and record['config']['few_shot_seed'] == 3
+    assert record['data']['train']['few_shot']['rule'] == 'random' and record['data']['dev']['few_shot']['seed'] == 3
 
 
 def test_cli_run(isolated):
