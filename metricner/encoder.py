@@ -142,7 +142,7 @@ def _check_backbone_folder(path: Path):
 
 
 def load_backbone(name: str | Path | None = None  # a folder, a cached Hub id, or None / an alias of the bundled MiniLM
-                 ):  # `(model, tokenizer)`: the encoder without its pooling layer, and its fast tokenizer
+                 ) -> tuple:  # `(model, tokenizer)`: the encoder without its pooling layer, and its fast tokenizer
     "`(model, tokenizer)` of a backbone folder or cached Hub id, loaded offline and checked (fast tokenizer, window)."
     from transformers import AutoTokenizer
     resolved = resolve_backbone(name)
@@ -383,7 +383,8 @@ class Batch:
     owned: torch.Tensor  # [B, W] bool: the words each window predicts
     windows: list[Window] = field(repr=False)  # the windows, in row order
 
-    def to(self, device) -> 'Batch':
+    def to(self, device  # where the tensors go
+          ) -> 'Batch':
         "The same batch with its tensors on `device`."
         return Batch(*(getattr(self, k).to(device) for k in
                        ('input_ids', 'attention_mask', 'labels', 'word_positions', 'word_labels', 'owned')), self.windows)
@@ -484,7 +485,7 @@ def entity_features(hidden: torch.Tensor,  # [B, L, H] hidden states of `batch`
                     batch: Batch,  # the batch
                     labels,  # the BIO labels the tag ids index
                     tag_ids: torch.Tensor | None = None  # [B, W] tag ids; default: the batch's word labels
-                   ):  # `(features [E, H], type ids [E], spans [E, 3])`
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # `(features [E, H], type ids [E], spans [E, 3])`
     "`(features [E, H], type ids [E], spans [E, 3])` of the entities in `tag_ids` [B, W] (default: the batch's word labels), each counted once."
     tag_ids = batch.word_labels if tag_ids is None else tag_ids
     spans, types = bio_spans(tag_ids.masked_fill(batch.word_positions < 0, IGNORE), labels)

@@ -29,7 +29,7 @@ def ms_mining_masks(sims,  # [n, m] similarities of anchors to reference entitie
                     labels,  # [n] class of each anchor
                     margin,  # the mining margin ε
                     ref_labels=None  # [m] class of each reference entity; default: `labels` (anchors are the references)
-                   ):  # `(pos, neg)`, boolean [n, m]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # `(pos, neg)`, boolean [n, m]
     "Boolean [n, m] masks `(pos, neg)` of the pairs MS mining keeps from similarities `sims`; same-label pairs, self included, are positives."
     ref_labels = labels if ref_labels is None else ref_labels
     same = labels[:, None] == ref_labels[None, :]
@@ -53,7 +53,11 @@ class SelfPairMultiSimilarityMiner(pml_miners.MultiSimilarityMiner):
         if not self.distance.is_inverted:
             raise ValueError("SelfPairMultiSimilarityMiner needs a similarity (larger = closer), e.g. CosineSimilarity")
 
-    def mining_masks(self, sims, labels, ref_labels=None):
+    def mining_masks(self,
+                     sims,  # [n, m] similarities of anchors to reference entities
+                     labels,  # [n] class of each anchor
+                     ref_labels=None  # [m] class of each reference entity; default: `labels`
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # `(pos, neg)`, boolean [n, m]
         "Boolean masks `(pos, neg)` of the mined pairs for a similarity matrix `sims`."
         return ms_mining_masks(sims, labels, self.epsilon, ref_labels)
 
@@ -106,7 +110,7 @@ class _MaskedLogOnePlusSumExp(torch.autograd.Function):
 
 def masked_log_one_plus_sum_exp(exponents,  # [n, m] the exponents x
                                 keep  # [n, m] boolean: the entries that enter the sum
-                               ):  # [n]
+                               ) -> torch.Tensor:  # [n]
     "Row-wise log(1 + sum of exp(exponents) over the entries where `keep`), computed stably; 0 for a row with nothing kept."
     return _MaskedLogOnePlusSumExp.apply(exponents, keep)
 
@@ -133,7 +137,7 @@ class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
                 feats,  # [n, d] entity features
                 labels,  # [n] integer class of each entity
                 aux=None  # [n, n] auxiliary similarities; None: all weights zero
-               ):  # a scalar: the sum over anchors divided by n
+               ) -> torch.Tensor:  # a scalar: the sum over anchors divided by n
         "Loss of entity features `feats` [n, d] with class `labels` [n] and auxiliary similarities `aux` [n, n] or None."
         feats = _checked_feats(feats)
         labels, weights = _checked_labels(labels, feats), _checked_aux(aux, feats)
@@ -163,8 +167,14 @@ def _log_one_plus_sum_exp(exponents):
 def multi_similarity_loss_reference(feats,  # [n, d] entity features
                                     labels,  # [n] integer class of each entity
                                     aux=None,  # [n, n] auxiliary similarities; None: all zero
-                                    *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1  # as `MultiSimilarityLoss`
-                                   ):  # a scalar
+                                    *,
+                                    alpha,  # α, as in `MultiSimilarityLoss`
+                                    beta,  # β
+                                    alpha_w=0.0,  # α_w
+                                    beta_w=0.0,  # β_w
+                                    base=0.5,  # t
+                                    margin=0.1  # ε
+                                   ) -> torch.Tensor:  # a scalar
     "Slow per-anchor loop of the extended MS loss: the reference for tests and benchmarks."
     n = len(feats)
     unit = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)

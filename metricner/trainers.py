@@ -166,8 +166,8 @@ class EntitySelector(Protocol):
     def count(self,
               batch: Batch,  # a batch of windows
               tagger: Tagger  # the tagger being trained
-             ) -> int:  # how many entities of `batch` enter the term (computed before the forward pass)
-        ...
+             ) -> int:  # how many entities of `batch` enter the term
+        "Counted before the forward pass, so that each pass's share of the step's entities is known."
 
     def __call__(self,
                  hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
@@ -175,7 +175,7 @@ class EntitySelector(Protocol):
                  tagger: Tagger,  # the tagger being trained
                  units: list[TaggedUnit]  # the units the batch's windows index
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], labels [n], aux [n, n] or None
-        ...
+        "The entities' features, their class labels, and their auxiliary similarities (None: none), as the loss takes them."
 
 # %% ../nbs/04_trainers.ipynb #f69f1c73
 def _entity_texts(batch, units, spans) -> list[str]:
@@ -197,11 +197,17 @@ class TypeGrouping:
     def __init__(self, aux: AuxSimilarity | None = None  # auxiliary similarities of the source entities; None: none
                 ): self.aux = aux
 
-    def count(self, batch, tagger) -> int:
+    def count(self, batch: Batch,  # a batch of windows
+              tagger: Tagger  # the tagger being trained
+             ) -> int:
         "How many entities of `batch` enter the MS term."
         return len(entity_features(_no_hidden(batch), batch, tagger.labels)[2])
 
-    def __call__(self, hidden, batch, tagger, units):
+    def __call__(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+                 batch: Batch,  # the batch
+                 tagger: Tagger,  # the tagger being trained
+                 units: list[TaggedUnit]  # the units the batch's windows index
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], types [n], aux [n, n] or None
         feats, types, spans = entity_features(hidden, batch, tagger.labels)
         aux = self.aux([entity_key(t) for t in _entity_texts(batch, units, spans)]).to(hidden) if self.aux else None
         return feats, types, aux
@@ -224,11 +230,17 @@ class PseudoDiscrimination:
         wanted = _spans_of_batch_units(self.by_unit, batch)
         return unit_spans_to_batch(batch, wanted)[0] if wanted else torch.zeros(0, 3, dtype=torch.long)
 
-    def count(self, batch, tagger) -> int:
+    def count(self, batch: Batch,  # a batch of windows
+              tagger: Tagger  # the tagger being trained
+             ) -> int:
         "How many entities of `batch` enter the MS term."
         return len(entity_features(_no_hidden(batch), batch, tagger.labels)[2]) + len(self._pseudo_spans(batch))
 
-    def __call__(self, hidden, batch, tagger, units):
+    def __call__(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+                 batch: Batch,  # the batch
+                 tagger: Tagger,  # the tagger being trained
+                 units: list[TaggedUnit]  # the units the batch's windows index
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], labels [n] (0 gold, 1 pseudo), None
         gold, _, _ = entity_features(hidden, batch, tagger.labels)
         pseudo = span_features(hidden, batch.word_positions, self._pseudo_spans(batch))
         labels = torch.cat([torch.zeros(len(gold), dtype=torch.long), torch.ones(len(pseudo), dtype=torch.long)])
