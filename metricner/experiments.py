@@ -31,9 +31,9 @@ from .data import (PROJECT_ROOT, Corpus, FewShotSample, POOLED_SOURCES, default_
                             load_corpus, parse_corpus, sample_paper, sample_random, tag_documents)
 from .encoder import MODES, Tagger, build_tiny_backbone, load_tagger, predict, save_tagger
 from .events import PARADIGMS, SentenceEncoder, build_aux_similarity, default_templates_path
-from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS
+from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS, MultiSimilarityLoss
 from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document_counts, evaluate, pseudo_labels,
-                                retarget, source_false_positives, train_stage, unit_entity_features)
+                                source_false_positives, train_stage, unit_entity_features)
 
 # %% auto #0
 __all__ = ['SETTINGS', 'PROFILES', 'STAGES', 'PROFILE_DEFAULTS', 'NESTED_KEYS', 'PARAMETERS', 'RESULT_MODULES', 'Setting',
@@ -479,8 +479,7 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
     dev, _ = _units(source, 'dev', config)
     grouping = SETTINGS[config.setting].grouping
     backbone = backbone_path(config, [train, dev])
-    train_config = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': config.lambda_src if grouping else 0.0,
-                                  'ms': config.ms_source})
+    train_config = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': config.lambda_src if grouping else 0.0})
     key = source_stage_key(config, backbone)
     device = run_device(config)
     cached = cache.load(key)
@@ -495,7 +494,8 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
         metric = TypeGrouping(aux)
     torch.manual_seed(config.seed)
     tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
-    tagger, history = train_stage(tagger, train, dev, train_config, metric, description=f'stage 1: {config.source}')
+    loss = MultiSimilarityLoss(**config.ms_source) if grouping else None
+    tagger, history = train_stage(tagger, train, dev, train_config, entities=metric, loss=loss, description=f'stage 1: {config.source}')
     if grouping: aux_stats = metric.aux.stats()
     info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats,
             'seconds': time.perf_counter() - started, 'documents': {'train': len(train), 'dev': len(dev)},
@@ -572,14 +572,16 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     if setting.discrimination:
         pseudo = pseudo_labels(units['train'], predict(source_tagger, units['train']))
         metric = PseudoDiscrimination(pseudo)
-    if source_tagger is not None: tagger = retarget(source_tagger, target.labels, seed=config.seed)
+    if source_tagger is not None: tagger = source_tagger.retarget(target.labels, seed=config.seed)
     else:
         backbone = backbone_path(config, list(units.values()))
         torch.manual_seed(config.seed)
         tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
-    stage2_config = TrainConfig(**{**config.target_train, 'seed': config.seed, 'ms': config.ms_target,
+    stage2_config = TrainConfig(**{**config.target_train, 'seed': config.seed,
                                    'ms_weight': config.lambda_tgt if metric is not None else 0.0})
-    tagger, history = train_stage(tagger, units['train'], units['dev'], stage2_config, metric, description=f'stage 2: {config.target}')
+    loss = MultiSimilarityLoss(**config.ms_target) if metric is not None else None
+    tagger, history = train_stage(tagger, units['train'], units['dev'], stage2_config, entities=metric, loss=loss,
+                                  description=f'stage 2: {config.target}')
     timings['stage2'] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE_MS', 'PAPER_TARGET_MS', 'ms_mining_masks', 'SelfPairMultiSimilarityMiner', 'masked_log_one_plus_sum_exp',
-           'MultiSimilarityLoss', 'multi_similarity_loss', 'multi_similarity_loss_reference', 'benchmark_ms_loss']
+           'MultiSimilarityLoss', 'multi_similarity_loss_reference', 'benchmark_ms_loss']
 
 # %% ../nbs/03_losses.ipynb #c08990f3
+import functools
 import time
 
 import torch
@@ -24,7 +25,11 @@ PAPER_TARGET_MS = dict(alpha=2.0, beta=5.0, alpha_w=0.0, beta_w=0.0, base=0.5, m
 "Hyperparameters of the MS loss in the target (entity discrimination) stage: no auxiliary weights."
 
 # %% ../nbs/03_losses.ipynb #c9edd003
-def ms_mining_masks(sims, labels, margin, ref_labels=None):
+def ms_mining_masks(sims,  # [n, m] similarities of anchors to reference entities
+                    labels,  # [n] class of each anchor
+                    margin,  # the mining margin ε
+                    ref_labels=None  # [m] class of each reference entity; default: `labels` (anchors are the references)
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # `(pos, neg)`, boolean [n, m]
     "Boolean [n, m] masks `(pos, neg)` of the pairs MS mining keeps from similarities `sims`; same-label pairs, self included, are positives."
     ref_labels = labels if ref_labels is None else ref_labels
     same = labels[:, None] == ref_labels[None, :]
@@ -40,12 +45,19 @@ def ms_mining_masks(sims, labels, margin, ref_labels=None):
 # %% ../nbs/03_losses.ipynb #fc426048
 class SelfPairMultiSimilarityMiner(pml_miners.MultiSimilarityMiner):
     "pytorch-metric-learning's MS miner, mining per anchor with the anchor's self pair among its positives (as in the paper's code)."
-    def __init__(self, epsilon=0.1, **kwargs):
+    def __init__(self,
+                 epsilon=0.1,  # the mining margin ε
+                 **kwargs  # further `MultiSimilarityMiner` arguments, e.g. `distance` (a similarity)
+                ):
         super().__init__(epsilon=epsilon, **kwargs)
         if not self.distance.is_inverted:
             raise ValueError("SelfPairMultiSimilarityMiner needs a similarity (larger = closer), e.g. CosineSimilarity")
 
-    def mining_masks(self, sims, labels, ref_labels=None):
+    def mining_masks(self,
+                     sims,  # [n, m] similarities of anchors to reference entities
+                     labels,  # [n] class of each anchor
+                     ref_labels=None  # [m] class of each reference entity; default: `labels`
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # `(pos, neg)`, boolean [n, m]
         "Boolean masks `(pos, neg)` of the mined pairs for a similarity matrix `sims`."
         return ms_mining_masks(sims, labels, self.epsilon, ref_labels)
 
@@ -96,14 +108,23 @@ class _MaskedLogOnePlusSumExp(torch.autograd.Function):
         (weights,) = ctx.saved_tensors
         return grad_out[:, None] * weights, None
 
-def masked_log_one_plus_sum_exp(exponents, keep):
+def masked_log_one_plus_sum_exp(exponents,  # [n, m] the exponents x
+                                keep  # [n, m] boolean: the entries that enter the sum
+                               ) -> torch.Tensor:  # [n]
     "Row-wise log(1 + sum of exp(exponents) over the entries where `keep`), computed stably; 0 for a row with nothing kept."
     return _MaskedLogOnePlusSumExp.apply(exponents, keep)
 
 # %% ../nbs/03_losses.ipynb #553827cb
 class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
     "Extended MS loss: cosine similarities, self-pair MS mining, auxiliary weights `aux` inside the exponents, mean over entities."
-    def __init__(self, *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1):
+    def __init__(self, *,
+                 alpha,  # α: scale of the positive pairs
+                 beta,  # β: scale of the negative pairs
+                 alpha_w=0.0,  # α_w: weight of the auxiliary similarity in the positive exponents
+                 beta_w=0.0,  # β_w: weight of the auxiliary similarity in the negative exponents
+                 base=0.5,  # t: the similarity threshold
+                 margin=0.1  # ε: the mining margin
+                ):
         super().__init__(alpha=alpha, beta=beta, base=base, distance=CosineSimilarity(), reducer=MeanReducer())
         self.alpha_w, self.beta_w = alpha_w, beta_w
         self.add_to_recordable_attributes(list_of_names=["alpha_w", "beta_w"], is_stat=False)
@@ -112,7 +133,11 @@ class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
     @property
     def margin(self): return self.miner.epsilon
 
-    def forward(self, feats, labels, aux=None):
+    def forward(self,
+                feats,  # [n, d] entity features
+                labels,  # [n] integer class of each entity
+                aux=None  # [n, n] auxiliary similarities; None: all weights zero
+               ) -> torch.Tensor:  # a scalar: the sum over anchors divided by n
         "Loss of entity features `feats` [n, d] with class `labels` [n] and auxiliary similarities `aux` [n, n] or None."
         feats = _checked_feats(feats)
         labels, weights = _checked_labels(labels, feats), _checked_aux(aux, feats)
@@ -134,19 +159,22 @@ class MultiSimilarityLoss(pml_losses.MultiSimilarityLoss):
                   + masked_log_one_plus_sum_exp(neg_exponent, neg_mask.bool()) / self.beta)
         return {"loss": {"losses": losses, "indices": c_f.torch_arange_from_size(mat), "reduction_type": "element"}}
 
-# %% ../nbs/03_losses.ipynb #4b9caab5
-def multi_similarity_loss(feats, labels, aux=None, *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5, margin=0.1):
-    "Extended multi-similarity loss (a scalar) of entity features `feats` [n, d], `labels` [n], optional `aux` [n, n]."
-    loss = MultiSimilarityLoss(alpha=alpha, beta=beta, alpha_w=alpha_w, beta_w=beta_w, base=base, margin=margin)
-    return loss(feats, labels, aux)
-
 # %% ../nbs/03_losses.ipynb #84e20042
 def _log_one_plus_sum_exp(exponents):
     "log(1 + sum(exp(exponents))), stably; 0 for no exponents."
     return torch.logsumexp(torch.cat([exponents.new_zeros(1), exponents]), dim=0)
 
-def multi_similarity_loss_reference(feats, labels, aux=None, *, alpha, beta, alpha_w=0.0, beta_w=0.0, base=0.5,
-                                    margin=0.1):
+def multi_similarity_loss_reference(feats,  # [n, d] entity features
+                                    labels,  # [n] integer class of each entity
+                                    aux=None,  # [n, n] auxiliary similarities; None: all zero
+                                    *,
+                                    alpha,  # α, as in `MultiSimilarityLoss`
+                                    beta,  # β
+                                    alpha_w=0.0,  # α_w
+                                    beta_w=0.0,  # β_w
+                                    base=0.5,  # t
+                                    margin=0.1  # ε
+                                   ) -> torch.Tensor:  # a scalar
     "Slow per-anchor loop of the extended MS loss: the reference for tests and benchmarks."
     n = len(feats)
     unit = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -171,19 +199,24 @@ def _random_ms_batch(n, dim, n_classes, seed=0):
     return torch.randn(n, dim, generator=g), torch.randint(n_classes, (n,), generator=g), (aux + aux.T) / 2
 
 def _best_forward_backward_s(loss_fn, feats, labels, aux, repeats):
-    "Shortest wall time, in seconds, of one forward + backward pass over `repeats` runs."
+    "Shortest wall time, in seconds, of one forward + backward pass of `loss_fn(feats, labels, aux)` over `repeats` runs."
     times = []
     for _ in range(repeats):
         x = feats.clone().requires_grad_()
         start = time.perf_counter()
-        loss_fn(x, labels, aux, **PAPER_SOURCE_MS).backward()
+        loss_fn(x, labels, aux).backward()
         times.append(time.perf_counter() - start)
     return min(times)
 
-def benchmark_ms_loss(n=1024, dim=384, n_classes=10, repeats=3):
+def benchmark_ms_loss(n=1024,  # entities
+                      dim=384,  # feature size
+                      n_classes=10,  # classes the labels are drawn from
+                      repeats=3  # timed runs of each; the shortest counts
+                     ) -> dict:  # `vectorised_s`, `loop_s`, `speedup`
     "Seconds per forward + backward of the vectorised MS loss and of the per-anchor loop reference, and the speedup."
     feats, labels, aux = _random_ms_batch(n, dim, n_classes)
-    _best_forward_backward_s(multi_similarity_loss, feats, labels, aux, 1)  # warm-up
-    vectorised = _best_forward_backward_s(multi_similarity_loss, feats, labels, aux, repeats)
-    loop = _best_forward_backward_s(multi_similarity_loss_reference, feats, labels, aux, repeats)
+    loss, reference = MultiSimilarityLoss(**PAPER_SOURCE_MS), functools.partial(multi_similarity_loss_reference, **PAPER_SOURCE_MS)
+    _best_forward_backward_s(loss, feats, labels, aux, 1)  # warm-up
+    vectorised = _best_forward_backward_s(loss, feats, labels, aux, repeats)
+    loop = _best_forward_backward_s(reference, feats, labels, aux, repeats)
     return {"vectorised_s": vectorised, "loop_s": loop, "speedup": loop / vectorised}

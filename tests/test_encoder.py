@@ -1,5 +1,7 @@
 "Encoder and tagger: alignment, batching, windows, entity features, modes, save/load, backbone errors (tiny model only)."
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -164,6 +166,25 @@ def test_same_seed_same_tagger(tiny):
     assert not torch.equal(Tagger.build(tiny, LABELS, seed=6).head.weight, a.head.weight)
 
 
+def test_retarget_copies_the_tagger_with_a_seeded_head(tiny, tokenizer, long_unit):
+    tagger = Tagger.build(tiny, LABELS, mode='adapter', seed=0)
+    before = {k: v.clone() for k, v in tagger.state_dict().items()}
+    new = tagger.retarget(['O', 'B-Drug', 'I-Drug'], seed=3)
+    with torch.random.fork_rng():  # the head a seeded nn.Linear draws: the same as before the method existed
+        torch.manual_seed(3)
+        expected = torch.nn.Linear(tagger.hidden_size, 3)
+    assert torch.equal(new.head.weight, expected.weight) and torch.equal(new.head.bias, expected.bias)
+    assert new.labels == ['O', 'B-Drug', 'I-Drug'] and new.config.seed == tagger.config.seed
+    assert [n for n, p in new.named_parameters() if p.requires_grad] == [n for n, p in tagger.named_parameters() if p.requires_grad]
+    encoder_keys = [k for k in before if k.startswith('encoder.')]
+    assert all(torch.equal(new.state_dict()[k], before[k]) for k in encoder_keys)
+    with torch.no_grad():  # training the copy leaves the original alone
+        for p in new.parameters(): p.add_(1.0)
+    assert tagger.labels == LABELS and all(torch.equal(v, before[k]) for k, v in tagger.state_dict().items())
+    with pytest.raises(ValueError, match='include O'):
+        tagger.retarget(['B-Drug', 'I-Drug'])
+
+
 @pytest.mark.parametrize('mode,include', [('adapter', None), ('adapter', True), ('full', None)])
 def test_save_load_round_trip(tiny, tokenizer, long_unit, tmp_path, mode, include):
     tagger = Tagger.build(tiny, LABELS, mode=mode, max_length=24)
@@ -203,6 +224,25 @@ def test_missing_backbone_is_a_clear_error(tmp_path):
     (tmp_path / 'config.json').write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(BackboneError, match='cannot load backbone from folder'):
         load_backbone(tmp_path)
+
+
+@pytest.mark.parametrize('name', ['t5', 'mpt', 'vit'])
+def test_backbone_folder_without_config_is_refused_whatever_its_name(tiny, tmp_path, name):
+    # Without config.json transformers guesses the architecture from substrings of the path: a folder named like
+    # this would be read as a T5, MPT or ViT model and fail with an unrelated error.
+    folder = tmp_path / f'tmp-{name}-copy'
+    shutil.copytree(tiny, folder, ignore=shutil.ignore_patterns('config.json'))
+    with pytest.raises(BackboneError, match=re.escape(f"backbone folder '{folder}' has no config.json")):
+        load_backbone(folder)
+    with pytest.raises(BackboneError, match='is not a folder'):
+        load_backbone(folder / 'vocab.txt')
+
+
+def test_saved_tagger_without_backbone_config_is_refused(tiny, tmp_path):
+    saved = Tagger.build(tiny, LABELS, mode='full').save(tmp_path / 'mpt-tagger')
+    (saved / 'backbone' / 'config.json').unlink()
+    with pytest.raises(BackboneError, match=re.escape(f"'{saved / 'backbone'}' has no config.json")):
+        Tagger.load(saved)
 
 
 def test_slow_tokenizer_is_refused(tiny, monkeypatch):

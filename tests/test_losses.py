@@ -1,12 +1,13 @@
 """Tests of metricner.losses against an independent pair-by-pair loop written from the formula.
 
-The loss (DESIGN.md, 03_losses): for anchor i, with S the cosine similarities and w the auxiliary similarities,
+The loss (nbs/03_losses.ipynb; the paper, arXiv 2401.10472, after Wang et al., CVPR 2019): for anchor i, with S the cosine similarities and w the auxiliary similarities,
     L_i = 1/alpha log(1 + sum_{j in P_i} exp(-alpha (S_ij - t) + alpha_w w_ij))
         + 1/beta  log(1 + sum_{j in N_i} exp( beta  (S_ij - t) - beta_w  w_ij)),
 total = sum_i L_i / n. Mining: candidate positives are the same-label entities, the anchor itself included;
 negatives are kept when S_ij + margin > min positive, positives when S_ij - margin < max negative; with no
 negatives every positive is kept. The reference below deliberately shares no code with the module.
 """
+import functools
 import math
 
 import pytest
@@ -19,7 +20,6 @@ from metricner.losses import (
     MultiSimilarityLoss,
     SelfPairMultiSimilarityMiner,
     benchmark_ms_loss,
-    multi_similarity_loss,
 )
 
 DTYPES = [torch.float32, torch.float64]
@@ -114,9 +114,9 @@ PARAMS = {"source": PAPER_SOURCE_MS, "target": PAPER_TARGET_MS,
           "other": dict(alpha=2.0, beta=50.0, alpha_w=1.5, beta_w=0.5, base=0.3, margin=0.2)}
 
 
-def value_and_grad(loss_fn, feats, labels, aux, params):
+def value_and_grad(loss_fn, feats, labels, aux):
     feats = feats.clone().requires_grad_()
-    loss = loss_fn(feats, labels, aux, **params)
+    loss = loss_fn(feats, labels, aux)
     loss.backward()
     return loss.detach(), feats.grad
 
@@ -131,8 +131,8 @@ def tolerances(dtype):
 @pytest.mark.parametrize("stage", list(PARAMS))
 def test_loss_and_gradient_match_loop_reference(case, stage, dtype):
     feats, labels, aux = make_case(case, dtype)
-    loss, grad = value_and_grad(multi_similarity_loss, feats, labels, aux, PARAMS[stage])
-    expected_loss, expected_grad = value_and_grad(loop_ms_loss, feats, labels, aux, PARAMS[stage])
+    loss, grad = value_and_grad(MultiSimilarityLoss(**PARAMS[stage]), feats, labels, aux)
+    expected_loss, expected_grad = value_and_grad(functools.partial(loop_ms_loss, **PARAMS[stage]), feats, labels, aux)
     assert loss.dtype == dtype and loss.shape == ()
     assert torch.isclose(loss, expected_loss, **tolerances(dtype))
     torch.testing.assert_close(grad, expected_grad, **tolerances(dtype))
@@ -166,7 +166,7 @@ def test_cases_exercise_mining():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nothing_mined_gives_exactly_zero(dtype):
     feats = torch.eye(4, dtype=dtype, requires_grad=True)  # orthogonal, every label distinct
-    loss = multi_similarity_loss(feats, torch.arange(4), torch.ones(4, 4, dtype=dtype), **PAPER_SOURCE_MS)
+    loss = MultiSimilarityLoss(**PAPER_SOURCE_MS)(feats, torch.arange(4), torch.ones(4, 4, dtype=dtype))
     loss.backward()
     assert loss.item() == 0.0
     assert torch.equal(feats.grad, torch.zeros_like(feats))
@@ -175,7 +175,7 @@ def test_nothing_mined_gives_exactly_zero(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_entity_is_its_self_pair_constant(dtype):
     feats = torch.randn(1, 5, dtype=dtype, requires_grad=True)
-    loss = multi_similarity_loss(feats, torch.tensor([0]), torch.tensor([[0.5]]), alpha=4, beta=3, alpha_w=8)
+    loss = MultiSimilarityLoss(alpha=4, beta=3, alpha_w=8)(feats, torch.tensor([0]), torch.tensor([[0.5]]))
     loss.backward()
     expected = math.log1p(math.exp(-4 * (1 - 0.5) + 8 * 0.5)) / 4
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
@@ -184,7 +184,7 @@ def test_one_entity_is_its_self_pair_constant(dtype):
 
 def test_empty_batch_gives_zero():
     feats = torch.zeros(0, 8, requires_grad=True)
-    loss = multi_similarity_loss(feats, torch.zeros(0, dtype=torch.long), alpha=2, beta=5)
+    loss = MultiSimilarityLoss(alpha=2, beta=5)(feats, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0
 
@@ -192,9 +192,9 @@ def test_empty_batch_gives_zero():
 def test_large_exponents_stay_finite():
     feats, labels, aux = make_case("several_classes", torch.float32)
     params = dict(alpha=2.0, beta=80.0, alpha_w=60.0, beta_w=60.0, base=0.5, margin=0.5)
-    loss, grad = value_and_grad(multi_similarity_loss, feats, labels, 2 * aux - 1, params)
-    expected_loss, expected_grad = value_and_grad(loop_ms_loss, feats.double(), labels, (2 * aux - 1).double(),
-                                                  params)
+    loss, grad = value_and_grad(MultiSimilarityLoss(**params), feats, labels, 2 * aux - 1)
+    expected_loss, expected_grad = value_and_grad(functools.partial(loop_ms_loss, **params), feats.double(), labels,
+                                                  (2 * aux - 1).double())
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     assert torch.isclose(loss.double(), expected_loss, rtol=1e-4)
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-3, atol=1e-4)
@@ -203,16 +203,18 @@ def test_large_exponents_stay_finite():
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
 def test_labels_of_any_integer_dtype(label_dtype):
     feats, labels, aux = make_case("several_classes", torch.float64)
-    expected = multi_similarity_loss(feats, labels, aux, **PAPER_SOURCE_MS)
-    assert torch.equal(multi_similarity_loss(feats, labels.to(label_dtype), aux, **PAPER_SOURCE_MS), expected)
-    assert torch.equal(multi_similarity_loss(feats, labels.tolist(), aux, **PAPER_SOURCE_MS), expected)
+    loss = MultiSimilarityLoss(**PAPER_SOURCE_MS)
+    expected = loss(feats, labels, aux)
+    assert torch.equal(loss(feats, labels.to(label_dtype), aux), expected)
+    assert torch.equal(loss(feats, labels.tolist(), aux), expected)
 
 
 def test_aux_of_other_dtype_is_converted():
     feats, labels, aux = make_case("several_classes", torch.float32)
-    loss = multi_similarity_loss(feats, labels, aux.double(), **PAPER_SOURCE_MS)
+    ms = MultiSimilarityLoss(**PAPER_SOURCE_MS)
+    loss = ms(feats, labels, aux.double())
     assert loss.dtype == torch.float32
-    assert torch.isclose(loss, multi_similarity_loss(feats, labels, aux, **PAPER_SOURCE_MS))
+    assert torch.isclose(loss, ms(feats, labels, aux))
 
 
 # ---------------------------------------------------------------- input checks
@@ -220,27 +222,29 @@ def test_aux_shape_is_checked():
     feats, labels, _ = make_case("several_classes", torch.float32)
     for bad in (torch.zeros(16, 15), torch.zeros(16), torch.zeros(1, 16, 16)):
         with pytest.raises(ValueError, match=r"aux must be an \[n, n\] tensor .* n=16 .* got shape"):
-            multi_similarity_loss(feats, labels, bad, **PAPER_SOURCE_MS)
+            MultiSimilarityLoss(**PAPER_SOURCE_MS)(feats, labels, bad)
 
 
 def test_labels_and_feats_are_checked():
-    feats = torch.randn(5, 3)
+    feats, loss = torch.randn(5, 3), MultiSimilarityLoss(alpha=2, beta=5)
     with pytest.raises(TypeError, match="integer class ids"):
-        multi_similarity_loss(feats, torch.zeros(5), alpha=2, beta=5)
+        loss(feats, torch.zeros(5))
     with pytest.raises(ValueError, match=r"shape \[n\] = \[5\]"):
-        multi_similarity_loss(feats, torch.zeros(4, dtype=torch.long), alpha=2, beta=5)
+        loss(feats, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[n, d\]"):
-        multi_similarity_loss(torch.randn(5), torch.zeros(5, dtype=torch.long), alpha=2, beta=5)
+        loss(torch.randn(5), torch.zeros(5, dtype=torch.long))
 
 
 # ---------------------------------------------------------------- the module and the library
-def test_module_holds_hyperparameters_and_matches_function():
-    feats, labels, aux = make_case("correlated_features", torch.float64)
+def test_module_holds_hyperparameters_and_is_reusable():
+    "Built once and called on batch after batch (as the trainer does), it gives what a fresh loss gives on each."
     module = MultiSimilarityLoss(**PAPER_SOURCE_MS)
     assert (module.alpha, module.beta, module.alpha_w, module.beta_w, module.base, module.margin) == (4, 3, 8, 6, 0.5,
                                                                                                       0.1)
     assert isinstance(module, pml_losses.GenericPairLoss)
-    assert torch.equal(module(feats, labels, aux), multi_similarity_loss(feats, labels, aux, **PAPER_SOURCE_MS))
+    for case in ("correlated_features", "one_entity", "several_classes_no_aux", "correlated_features"):
+        feats, labels, aux = make_case(case, torch.float64)
+        assert torch.equal(module(feats, labels, aux), MultiSimilarityLoss(**PAPER_SOURCE_MS)(feats, labels, aux))
 
 
 def test_without_aux_equals_library_loss_on_the_same_pairs():
@@ -249,15 +253,16 @@ def test_without_aux_equals_library_loss_on_the_same_pairs():
     pairs = SelfPairMultiSimilarityMiner(epsilon=0.1)(feats, labels)
     assert min(len(x) for x in pairs) > 1  # avoid the library's "at most one pair" shortcut
     library = pml_losses.MultiSimilarityLoss(alpha=2, beta=5, base=0.5)(feats, labels, indices_tuple=pairs)
-    ours = multi_similarity_loss(feats, labels, alpha=2, beta=5, base=0.5, margin=0.1)
+    ours = MultiSimilarityLoss(alpha=2, beta=5, base=0.5, margin=0.1)(feats, labels)
     assert torch.isclose(ours, library, rtol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     feats, labels, aux = make_case("several_classes", torch.float32)
-    cpu = multi_similarity_loss(feats, labels, aux, **PAPER_SOURCE_MS)
-    gpu = multi_similarity_loss(feats.cuda(), labels.cuda(), aux.cuda(), **PAPER_SOURCE_MS)
+    loss = MultiSimilarityLoss(**PAPER_SOURCE_MS)
+    cpu = loss(feats, labels, aux)
+    gpu = loss(feats.cuda(), labels.cuda(), aux.cuda())
     assert gpu.device.type == "cuda"
     assert torch.isclose(gpu.cpu(), cpu, rtol=1e-4)
 

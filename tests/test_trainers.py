@@ -1,13 +1,17 @@
-"The training loop's pieces: exact loss weighting under gradient accumulation, MS entity counts, scores, pseudo labels."
+"""The training loop's pieces: exact loss weighting under gradient accumulation, the MS term against the reference loss,
+MS entity counts (windows included), scores, pseudo labels."""
+import copy
 import random
 
 import pytest
 import torch
 
 from metricner.data import TaggedUnit
-from metricner.encoder import Tagger, build_tiny_backbone, collate
+from metricner.encoder import IGNORE, Tagger, build_tiny_backbone, collate
+from metricner.events import AuxSimilarity
+from metricner.losses import PAPER_SOURCE_MS, MultiSimilarityLoss, multi_similarity_loss_reference
 from metricner.trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, _step, document_counts, optimizer_for,
-                                pseudo_labels, score)
+                                pseudo_labels, score, train_stage)
 
 LABELS = ['O', 'B-Drug', 'I-Drug', 'B-Gene', 'I-Gene']
 
@@ -28,12 +32,12 @@ def setup(tmp_path_factory):
     return units, backbone
 
 
-def grads_after_step(units, backbone, micro, metric=None, ms_weight=0.0):
+def grads_after_step(units, backbone, micro, entities=None, loss=None, ms_weight=0.0):
     tagger = Tagger.build(backbone, labels=LABELS, mode='full').eval()  # eval: no dropout, so passes are comparable
     windows, _ = tagger.encode(units)
     config = TrainConfig(lr=0.0, batch_size=len(windows), micro_batch_size=micro, ms_weight=ms_weight, progress=False)
     parts = [collate(windows[i:i + micro], tagger.tokenizer.pad_token_id) for i in range(0, len(windows), micro)]
-    _step(tagger, parts, units, config, metric, optimizer_for(tagger, config))
+    _step(tagger, parts, units, config, optimizer_for(tagger, config), entities, loss)
     return {n: p.grad.clone() for n, p in tagger.named_parameters() if p.grad is not None}
 
 
@@ -41,6 +45,68 @@ def test_accumulated_cross_entropy_equals_the_whole_batch(setup):
     units, backbone = setup
     whole, accumulated = grads_after_step(units, backbone, 12), grads_after_step(units, backbone, 3)
     for name in whole: torch.testing.assert_close(accumulated[name], whole[name], atol=1e-6, rtol=1e-4)
+
+
+def test_one_step_with_the_ms_term_matches_the_reference_loss(setup):
+    """One optimizer step (micro-batches of 3 windows) against the objective written out with the loop reference loss:
+    cross-entropy over the step's labelled words + lambda * (sum over the step's anchors of L_i) / (the step's entities)."""
+    units, backbone = setup
+    tagger = Tagger.build(backbone, labels=LABELS, mode='full').eval()  # eval: no dropout, so both paths see the same
+    reference = copy.deepcopy(tagger)
+    records = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    entities = TypeGrouping(AuxSimilarity(['aspirin', 'ibuprofen', 'gene', 'aspirin'], records))
+    config = TrainConfig(lr=1e-3, batch_size=12, micro_batch_size=3, ms_weight=1.2, progress=False)
+    windows, _ = tagger.encode(units)
+    parts = [collate(windows[i:i + 3], tagger.tokenizer.pad_token_id) for i in range(0, len(windows), 3)]
+    _step(tagger, parts, units, config, optimizer_for(tagger, config), entities, MultiSimilarityLoss(**PAPER_SOURCE_MS))
+
+    labelled = sum(int((b.labels != IGNORE).sum()) for b in parts)
+    n_entities = sum(t.startswith('B-') for u in units for t in u.tags)  # every unit fits one window
+    ce = ms_sum = 0.0
+    for b in parts:
+        logits, hidden = reference(b.input_ids, b.attention_mask)
+        ce = ce + torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=IGNORE, reduction='sum')
+        feats, labels, aux = entities(hidden, b, reference, units)
+        if len(feats) > 1: ms_sum = ms_sum + len(feats) * multi_similarity_loss_reference(feats, labels, aux, **PAPER_SOURCE_MS)
+    optimizer = optimizer_for(reference, config)
+    (ce / labelled + config.ms_weight * ms_sum / n_entities).backward()
+    optimizer.step()
+
+    grads = {n: p.grad for n, p in tagger.named_parameters()}
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-7)
+    # Adam's first step is lr * g / (|g| + eps): where |g| is near eps, float rounding moves it by up to ~lr / 1000
+    for a, b in zip(tagger.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=config.lr / 100)
+    without_ms = grads_after_step(units, backbone, 3)  # the MS term moves the gradient: the comparison is not vacuous
+    assert not torch.allclose(without_ms['encoder.embeddings.word_embeddings.weight'],
+                              grads['encoder.embeddings.word_embeddings.weight'], rtol=1e-2, atol=1e-6)
+
+
+def test_metric_term_needs_entities_and_loss_together(setup):
+    units, backbone = setup
+    tagger = Tagger.build(backbone, labels=LABELS, mode='full')
+    with pytest.raises(ValueError, match='pass entities= and loss='):
+        train_stage(tagger, units, [], TrainConfig(max_epochs=1, ms_weight=0.1, progress=False))
+    with pytest.raises(ValueError, match='got only loss'):
+        train_stage(tagger, units, [], TrainConfig(max_epochs=1, progress=False), loss=MultiSimilarityLoss(alpha=2, beta=5))
+
+
+def test_pseudo_entities_of_a_split_unit_enter_once(setup):
+    "Two or more windows of one unit in a batch: each pseudo entity is mapped once, to the window owning its first word."
+    _, backbone = setup
+    words = ['protein', 'lowers', 'pain', 'in', 'patients', 'and'] * 8
+    long_unit = TaggedUnit('long', words, [], ['B-Drug' if w == 'pain' else 'O' for w in words], ['O'] * len(words))
+    pseudo = pseudo_labels([long_unit], [['B-Gene' if w == 'protein' else 'O' for w in words]])
+    tagger = Tagger.build(backbone, labels=LABELS, mode='full', max_length=16, stride=4).eval()
+    batch = collate(tagger.encode([long_unit])[0], tagger.tokenizer.pad_token_id)
+    assert len(batch.windows) > 2
+    discrimination = PseudoDiscrimination(pseudo)
+    _, hidden = tagger(batch.input_ids, batch.attention_mask)
+    feats, labels, _ = discrimination(hidden, batch, tagger, [long_unit])
+    assert int(labels.sum()) == pseudo.counts['entities'] == 8
+    assert int((labels == 0).sum()) == 8  # the gold entities, once each too
+    assert discrimination.count(batch, tagger) == len(feats) == 16
 
 
 def test_ms_entity_counts_match_the_features(setup):
