@@ -50,11 +50,11 @@ experiment: install
 
 # Runs the missing cells of the published grid (cpu profile); resumable, skips what is recorded for this code.
 results: install
-	$(BIN)/python -c "from metricner.report import run_grid; run_grid()"
+	$(BIN)/python -c "from metricner.grid import run_grid; run_grid()"
 
 # The report site from the committed records alone (Quarto where installed, else nbconvert) into _site/.
 report: install
-	$(BIN)/python -c "from metricner.report import build_site; print(build_site())"
+	$(BIN)/python -c "from metricner.site import build_site; print(build_site())"
 
 stats: install
 	$(BIN)/metricner stats

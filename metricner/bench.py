@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoder import (IGNORE, Batch, Tagger, collate, length_batches, padding_efficiency, sequential_batches,
-                      tagging_loss)
+from .windows import IGNORE, Batch, collate, length_batches, padding_efficiency, sequential_batches
+from .tagger import Tagger, tagging_loss
 
 # %% auto #0
 __all__ = ['MATMUL_OPS', 'BENCH_FLOORS', 'matmul_gflops', 'dense_flops_per_token', 'attention_flops_per_token',
@@ -276,7 +276,7 @@ class PeakRSS:
 
 # %% ../nbs/08_bench.ipynb #ec1fd96e
 def _embedding_files(cache_dir) -> set[str]:
-    from metricner.data import default_cache_dir
+    from metricner.paths import default_cache_dir
     folder = Path(cache_dir or default_cache_dir()) / 'embeddings'
     return {p.name for p in folder.glob('*.safetensors')} if folder.is_dir() else set()
 
@@ -287,7 +287,7 @@ def aux_similarity_probe(corpus: str = 'all',  # the source corpus (a name or a 
                          cache_dir=None  # the embedding cache; default `default_cache_dir()`
                         ) -> dict:  # seconds, peak_mib, encoded, entities, records, matrix_mib
     "One build of the auxiliary similarity of `corpus` in this process: seconds, RSS peak above the start, whether it encoded."
-    from metricner.data import load_corpus
+    from metricner.corpora import load_corpus
     from metricner.events import SentenceEncoder, build_aux_similarity
     source, encoder = load_corpus(corpus, data_dir), SentenceEncoder()
     cached = _embedding_files(cache_dir)
@@ -351,7 +351,7 @@ def _say(progress: bool, message: str):
 
 def _training_windows(tagger: Tagger, corpus):
     "All train windows of `corpus`, tagged and encoded as training encodes them."
-    from metricner.data import tag_documents
+    from metricner.units import tag_documents
     units, _ = tag_documents(corpus['train'], corpus.types)
     return tagger.encode(units)[0]
 
@@ -382,7 +382,7 @@ def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a 
                   infer_batch_size: int = 32  # windows per inference step
                  ) -> dict:  # the figures of the table above, the naive setting, floors, details and configuration
     "Measure metricner's speed and efficiency figures on this machine (see the table above); `quick` takes a few minutes."
-    from metricner.data import load_corpus
+    from metricner.corpora import load_corpus
     from metricner.losses import benchmark_ms_loss
     started, cpu_started, threads_before = time.perf_counter(), time.process_time(), torch.get_num_threads()
     load_before = os.getloadavg()[0]

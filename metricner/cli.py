@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .data import CorpusFormatError, CorpusNotFoundError, corpus_names, corpus_stats, format_stats
+from .readers import CorpusFormatError, CorpusNotFoundError
+from .corpora import corpus_names, corpus_stats, format_stats
 from .download import DownloadError, download
 from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_experiment
 
@@ -72,7 +73,7 @@ def cmd_download(args) -> int:
 # %% ../nbs/07_cli.ipynb #a4fa91bd
 def cmd_results(args) -> int:
     "`metricner results`: run the grid cells that are not done, or list their status."
-    from metricner.report import grid, grid_progress, run_grid  # pandas and papermill: only when asked for
+    from metricner.grid import grid, grid_progress, run_grid# pandas and papermill: only when asked for
     if args.status:
         progress = grid_progress(profile=args.profile)
         print(progress.drop(columns=['folder']).to_string(index=False))
@@ -84,7 +85,7 @@ def cmd_results(args) -> int:
 # %% ../nbs/07_cli.ipynb #6fdb11df
 def cmd_report(args) -> int:
     "`metricner report`: build the report site from the committed records."
-    from metricner.report import build_site
+    from metricner.site import build_site
     print(build_site(args.out, use_quarto=False if args.no_quarto else None, profile=args.profile))
     return 0
 

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import Corpus, Document, default_cache_dir, package_resource
+from .paths import default_cache_dir, package_resource
+from .readers import Document
+from .corpora import Corpus
 
 # %% auto #0
 __all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'entity_key', 'EventRecord', 'event_records', 'default_text_encoder_path',

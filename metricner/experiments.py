@@ -27,10 +27,13 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
 import metricner
-from .data import (PROJECT_ROOT, Corpus, FewShotSample, POOLED_SOURCES, default_cache_dir, default_results_dir,
-                            load_corpus, parse_corpus, sample_paper, sample_random, tag_documents)
-from .encoder import MODES, Tagger, build_tiny_backbone, load_tagger, predict, save_tagger
-from .events import PARADIGMS, SentenceEncoder, build_aux_similarity, default_templates_path
+from .paths import PROJECT_ROOT, default_cache_dir, default_results_dir
+from .corpora import Corpus, POOLED_SOURCES, load_corpus, parse_corpus
+from .units import tag_documents
+from .sampling import FewShotSample, sample_paper, sample_random
+from .backbone import build_tiny_backbone
+from .tagger import MODES, Tagger, load_tagger, predict, save_tagger
+from .events import PARADIGMS, SentenceEncoder, build_aux_similarity
 from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS, MultiSimilarityLoss
 from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document_counts, evaluate, pseudo_labels,
                                 source_false_positives, train_stage, unit_entity_features)
@@ -304,17 +307,17 @@ def config_from_parameters(parameters: dict,  # parameter name → value, as `me
 def _digest(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../nbs/05_experiments.ipynb #f5619ed7
-RESULT_MODULES = ('data', 'encoder', 'events', 'losses', 'trainers', 'experiments')
-"""The modules whose code decides what a run computes (the report, CLI and benchmarks do not). The one list to update
-when modules are split or renamed (planned: data → paths, readers, corpora, units, sampling; encoder → backbone,
-windows, tagger)."""
+RESULT_MODULES = ('readers', 'corpora', 'units', 'sampling', 'backbone', 'windows', 'tagger', 'events', 'losses', 'trainers',
+                  'experiments')
+"""The modules whose code decides what a run computes (paths, download, the grid, report, site, CLI and benchmarks do
+not). The one list to update when modules are split or renamed."""
 
 
 def result_files(package: Path | None = None,  # the package folder; None: the one running
                 ) -> list[Path]:
-    "The files that decide results: the result modules' sources and the data they read (the event templates)."
+    "The files that decide results: the result modules' sources and the data they read (the packaged event templates)."
     package = Path(package or Path(metricner.__file__).parent)
-    return [package / f'{name}.py' for name in RESULT_MODULES] + [default_templates_path()]
+    return [package / f'{name}.py' for name in RESULT_MODULES] + [package / 'resources' / 'event_templates.json']
 
 # %% ../nbs/05_experiments.ipynb #c96aa0f9
 def _is_docstring(node) -> bool:

@@ -17,9 +17,10 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2
 from tqdm.auto import tqdm
 
-from .data import TaggedUnit
-from .encoder import (IGNORE, Batch, Tagger, collate, entity_features, length_batches, predict, span_features,
-                               tagging_loss, unit_spans_to_batch)
+from .units import TaggedUnit
+from .windows import (
+    IGNORE, Batch, collate, entity_features, length_batches, span_features, unit_spans_to_batch)
+from .tagger import Tagger, predict, tagging_loss
 from .events import AuxSimilarity, entity_key
 from .losses import MultiSimilarityLoss
 

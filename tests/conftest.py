@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from metricner.data import default_data_dir
+from metricner.paths import default_data_dir
 
 
 @pytest.fixture(scope='session')

@@ -6,8 +6,10 @@ import torch
 from metricner.bench import (BENCH_FLOORS, ModelShape, PeakRSS, attention_flops_per_token, dense_flops_per_token,
                              format_benchmark, forward_flops, meets_floors, naive_padding_efficiency, padded_to,
                              spread_sample, time_inference, time_training, training_flops, utilisation)
-from metricner.data import TaggedUnit
-from metricner.encoder import Tagger, build_tiny_backbone, collate, length_batches, padding_efficiency, sequential_batches
+from metricner.units import TaggedUnit
+from metricner.backbone import build_tiny_backbone
+from metricner.windows import collate, length_batches, padding_efficiency, sequential_batches
+from metricner.tagger import Tagger
 
 TIMING_KEYS = {'batches', 'real_tokens', 'computed_tokens', 'seconds', 'tokens_per_s', 'lengths'}
 

@@ -43,7 +43,7 @@ def test_errors_are_one_line(tmp_path):
 
 
 def test_results_status_and_dry_run():
-    from metricner.report import grid
+    from metricner.grid import grid
     status = run('results', '--status')
     assert status.returncode == 0, status.stderr
     lines = status.stdout.strip().splitlines()

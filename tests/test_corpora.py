@@ -1,7 +1,9 @@
 "Counts of the six real corpora, checked against the figures in shared/corpora/README.md."
 import pytest
 
-from metricner.data import (AlignmentReport, corpus_stats, load_corpus, sample_paper, tag_documents)
+from metricner.corpora import corpus_stats, load_corpus
+from metricner.units import AlignmentReport, tag_documents
+from metricner.sampling import sample_paper
 
 # (train, dev, test) counts from the corpora README
 STANDOFF = {  # name: (.a1 entities per split, .a2 events in train and dev, documents per split)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
-from metricner.data import TaggedUnit
-from metricner.encoder import (IGNORE, BackboneError, Tagger, bio_spans, build_tiny_backbone, collate, encode_units,
-                               entity_features, entity_types, length_batches, load_backbone, padding_efficiency,
-                               predict, predict_ids, sequential_batches, span_features, unit_spans_to_batch)
+from metricner.units import TaggedUnit
+from metricner.backbone import BackboneError, build_tiny_backbone, load_backbone
+from metricner.windows import (
+    IGNORE, bio_spans, collate, encode_units, entity_features, entity_types, length_batches, padding_efficiency,
+    sequential_batches, span_features, unit_spans_to_batch)
+from metricner.tagger import Tagger, predict, predict_ids
 
 LABELS = ['O', 'B-Chemical', 'I-Chemical', 'B-Gene', 'I-Gene']
 LABEL_TO_ID = {l: i for i, l in enumerate(LABELS)}
@@ -258,7 +260,7 @@ def test_short_window_is_refused(tmp_path):
 
 
 def test_bundled_minilm_loads_offline():
-    code = ('from metricner.encoder import load_backbone, model_window\n'
+    code = ('from metricner.backbone import load_backbone, model_window\n'
             'import torch\n'
             'model, tok = load_backbone(None)\n'
             'enc = tok([["Aspirin", "inhibits", "COX-1"]], is_split_into_words=True, return_tensors="pt")\n'

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from metricner.data import load_corpus
+from metricner.corpora import load_corpus
 from metricner.events import (AuxSimilarity, EventTemplates, entity_key, event_records, record_sentences)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import write_files
 from metricner import experiments
-from metricner.encoder import build_tiny_backbone
+from metricner.backbone import build_tiny_backbone
 from metricner.experiments import (PARAMETERS, SETTINGS, STAGES, ExperimentConfig, StageCache, config_from_parameters, resolve,
                                    run_experiment, source_stage_inputs, source_stage_key)
 
@@ -128,10 +128,10 @@ def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
 
 
 def copy_package(tmp_path: Path) -> Path:
-    package = tmp_path / 'metricner'
-    package.mkdir()
-    for path in Path(experiments.__file__).parent.glob('*.py'): (package / path.name).write_bytes(path.read_bytes())
-    return package
+    "A copy of the package's modules and packaged data files."
+    import shutil
+    source = Path(experiments.__file__).parent
+    return Path(shutil.copytree(source, tmp_path / 'metricner', ignore=shutil.ignore_patterns('__pycache__')))
 
 
 def reword_docstrings_and_comment(path: Path) -> None:
@@ -175,13 +175,13 @@ def test_code_fingerprint_follows_what_the_code_does(tmp_path):
 
 
 def test_git_commit_is_dirty_for_code_files_only(tmp_path, monkeypatch):
-    write_files(tmp_path, {'metricner/trainers.py': 'x = 1\n', 'results/runs/a/metrics.json': '{}', 'nbs/06_report.ipynb': '{}'})
+    write_files(tmp_path, {'metricner/trainers.py': 'x = 1\n', 'results/runs/a/metrics.json': '{}', 'nbs/06a_report.ipynb': '{}'})
     def git(*args): subprocess.run(['git', '-C', str(tmp_path), '-c', 'user.name=t', '-c', 'user.email=t@t', *args], check=True, capture_output=True)
     git('init', '-q'); git('add', '.'); git('commit', '-qm', 'first')
     code = [tmp_path / 'metricner' / 'trainers.py']
     clean = experiments.git_commit(tmp_path, code)
     assert len(clean['commit']) == 40 and clean['dirty'] is False
-    write_files(tmp_path, {'results/runs/a/metrics.json': '{"f1": 1}', 'results/runs/b/metrics.json': '{}', 'nbs/06_report.ipynb': '{"cells": []}'})
+    write_files(tmp_path, {'results/runs/a/metrics.json': '{"f1": 1}', 'results/runs/b/metrics.json': '{}', 'nbs/06a_report.ipynb': '{"cells": []}'})
     assert experiments.git_commit(tmp_path, code)['dirty'] is False  # records and notebooks are not code
     code[0].write_text('x = 2\n', encoding='utf-8')
     assert experiments.git_commit(tmp_path, code) == {'commit': clean['commit'], 'dirty': True}

@@ -1,7 +1,9 @@
 "The generic specs read corpora that the tests write, with the same code as the built-ins; bad input is named precisely."
 import pytest
 
-from metricner.data import CorpusFormatError, corpus_stats, load_corpus, read_pubtator, tag_documents
+from metricner.readers import CorpusFormatError, read_pubtator
+from metricner.corpora import corpus_stats, load_corpus
+from metricner.units import tag_documents
 from conftest import write_files
 
 TEXT = 'MDM2 binds p53 and aspirin.'
@@ -174,6 +176,6 @@ def test_split_detection_errors(tmp_path):
 def test_unknown_names(tmp_path):
     with pytest.raises(ValueError, match='unknown corpus'):
         load_corpus('chemdnr')
-    from metricner.data import CorpusNotFoundError
+    from metricner.readers import CorpusNotFoundError
     with pytest.raises(CorpusNotFoundError, match='metricner download bc5cdr'):
         load_corpus('bc5cdr', data_dir=tmp_path)

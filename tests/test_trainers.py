@@ -6,8 +6,10 @@ import random
 import pytest
 import torch
 
-from metricner.data import TaggedUnit
-from metricner.encoder import IGNORE, Tagger, build_tiny_backbone, collate
+from metricner.units import TaggedUnit
+from metricner.backbone import build_tiny_backbone
+from metricner.windows import IGNORE, collate
+from metricner.tagger import Tagger
 from metricner.events import AuxSimilarity
 from metricner.losses import PAPER_SOURCE_MS, MultiSimilarityLoss, multi_similarity_loss_reference
 from metricner.trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, _step, document_counts, optimizer_for,
