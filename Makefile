@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export METRICNER_DATA ?= $(CURDIR)/data/corpora
 
-.PHONY: install test check-sync readme nbtest pytest experiment results report stats bench clean-venv
+.PHONY: install test test-fast check-sync readme nbtest pytest pytest-fast experiment results report stats bench clean-venv
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): settings.ini setup.py
 
 # The CI contract: notebooks clean and in sync with the library, notebook tests, then pytest.
 test: install check-sync nbtest pytest
+
+# For everyday work: the same without the tests marked `slow` (experiments end to end, subprocesses, the wheel).
+test-fast: install check-sync nbtest pytest-fast
 
 check-sync: install
 	$(BIN)/nbdev_clean
@@ -40,6 +43,9 @@ nbtest: install
 
 pytest: install
 	$(BIN)/pytest -q tests
+
+pytest-fast: install
+	$(BIN)/pytest -q -m 'not slow' tests
 
 # The main job: the default experiment (EG+ED, pooled source → CHEMDNER, cpu profile), also as an executed notebook.
 experiment: install

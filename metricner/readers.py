@@ -230,8 +230,10 @@ def read_standoff(folder: Path,  # one split: a folder of `.txt` files with thei
     return [read_standoff_document(p) for p in sorted(folder.glob('*.txt'))]
 
 # %% ../nbs/00a_readers.ipynb #7f078e14
-def write_files(folder, files: dict) -> Path:
-    "Write a small corpus for an example or a test: {relative path: content}."
+def write_files(folder,  # where to write; created when missing
+                files: dict,  # {path relative to `folder`: text}, written as UTF-8
+               ) -> Path:  # `folder`
+    "Write a small corpus for an example, a test or a bug report."
     folder = Path(folder)
     for name, content in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

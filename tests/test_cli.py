@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import write_files
+
+pytestmark = pytest.mark.slow  # every test starts the command in a subprocess
 
 BIN = Path(sys.executable).parent
 

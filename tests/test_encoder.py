@@ -259,6 +259,7 @@ def test_short_window_is_refused(tmp_path):
         load_backbone(build_tiny_backbone(tmp_path / 'short', max_position=16))
 
 
+@pytest.mark.slow
 def test_bundled_minilm_loads_offline():
     code = ('from metricner.backbone import load_backbone, model_window\n'
             'import torch\n'

@@ -34,6 +34,7 @@ def smoke(tmp_path, **overrides):
     return ExperimentConfig(**{**values, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('setting', SETTINGS)
 def test_every_setting_writes_a_complete_record(isolated, setting):
     record = run_experiment(smoke(isolated, setting=setting), StageCache(isolated / 'stages'))
@@ -54,12 +55,14 @@ def test_every_setting_writes_a_complete_record(isolated, setting):
         assert any(h['ms'] > 0 for h in written['stage1']['history'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('events', ['concat', 'sentenc'])
 def test_both_event_paradigms(isolated, events):
     record = run_experiment(smoke(isolated, setting='eg', events=events), StageCache(isolated / 'stages'))
     assert record['config']['events'] == events and record['stage1']['aux_similarity']['entities_with_records'] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(isolated):
     first = run_experiment(smoke(isolated, setting='ed'), StageCache(isolated / 'a'))
     second = run_experiment(smoke(isolated, setting='ed'), StageCache(isolated / 'b'))
@@ -68,6 +71,7 @@ def test_same_seed_same_metrics(isolated):
     assert first['per_type'] == second['per_type'] and first['pseudo_labels'] == second['pseudo_labels']
 
 
+@pytest.mark.slow
 def test_stage_cache_reuse_and_invalidation(isolated):
     cache = StageCache(isolated / 'stages')
     first = run_experiment(smoke(isolated), cache)
@@ -80,6 +84,7 @@ def test_stage_cache_reuse_and_invalidation(isolated):
     assert other_seed['stage1']['cache'] == 'trained'
 
 
+@pytest.mark.slow
 def test_corpus_change_invalidates_the_cache(isolated, data_dir):
     "The key covers the source files' contents: editing one file retrains."
     import shutil
@@ -96,6 +101,7 @@ def test_corpus_change_invalidates_the_cache(isolated, data_dir):
     assert run_experiment(smoke(isolated, **config), cache)['stage1']['cache'] == 'trained'
 
 
+@pytest.mark.slow
 def test_corrupt_cache_entry_is_rebuilt(isolated):
     cache = StageCache(isolated / 'stages')
     key = run_experiment(smoke(isolated), cache)['stage1']['key']
@@ -108,6 +114,7 @@ def test_corrupt_cache_entry_is_rebuilt(isolated):
     assert run_experiment(smoke(isolated), StageCache(isolated / 'stages'))['stage1']['cache'] == 'trained'
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
     cache = StageCache(isolated / 'stages')
     real = experiments.train_stage
@@ -240,11 +247,13 @@ def compare_devices(tmp_path, first: str, second: str) -> tuple[dict, dict]:
     return a, b
 
 
+@pytest.mark.slow
 def test_the_device_comparison_holds_on_one_device(isolated):
     a, b = compare_devices(isolated, 'cpu', 'cpu')
     assert a['environment']['device'] == 'cpu' and a['environment']['gpu'] is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_runs_on_the_gpu_as_on_the_cpu(isolated):
     gpu, cpu = compare_devices(isolated, 'cuda', 'cpu')
@@ -308,6 +317,7 @@ def test_the_template_parameters_are_the_parameter_list():
     assert list(template_parameters()) == [p.name for p in PARAMETERS]
 
 
+@pytest.mark.slow
 def test_few_shot_sampler_is_a_configuration_value(isolated):
     slices = {'train': 40, 'dev': 10, 'test': 1}
     def chosen(**change):
@@ -326,6 +336,7 @@ def test_few_shot_sampler_is_a_configuration_value(isolated):
     assert record['data']['train']['few_shot']['rule'] == 'random' and record['data']['dev']['few_shot']['seed'] == 3
 
 
+@pytest.mark.slow
 def test_cli_run(isolated):
     out = isolated / 'cli'
     result = subprocess.run([str(BIN / 'metricner'), 'run', '--source', 'pc', '--target', 'bc5cdr', '--setting', 'target_only',
@@ -340,6 +351,7 @@ def test_cli_run(isolated):
     assert bad.returncode == 2 and 'both are' in bad.stderr
 
 
+@pytest.mark.slow
 def test_papermill_parameters_reach_the_run(isolated):
     out = isolated / 'pm'
     result = subprocess.run([str(BIN / 'papermill'), str(ROOT / 'nbs' / 'run_experiment.ipynb'), str(isolated / 'executed.ipynb'),
@@ -356,6 +368,7 @@ def test_papermill_parameters_reach_the_run(isolated):
     assert misspelt.returncode != 0 and "did you mean 'target'" in misspelt.stderr + misspelt.stdout
 
 
+@pytest.mark.slow
 def test_analysis_files(isolated):
     import math
     from safetensors.torch import load_file

@@ -45,17 +45,20 @@ def test_bootstrap_agrees_with_a_direct_computation():
 
 @pytest.fixture(scope='module')
 def smoke_results(tmp_path_factory, data_dir):
+    "Six smoke runs (three settings, two seeds); the environment is set only while they run, so no later test sees it."
     root = tmp_path_factory.mktemp('results')
-    import os
-    os.environ['METRICNER_DATA'] = str(data_dir)
-    cache = StageCache(root / 'stages')
-    for setting in ('target_only', 'direct_transfer', 'eg_ed'):
-        for seed in (42, 13):
-            run_experiment(ExperimentConfig(target='bc5cdr', source='pc', setting=setting, profile='smoke', seed=seed,
-                                            out_dir=str(root / 'runs' / f'{setting}-{seed}')), cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('METRICNER_DATA', str(data_dir))
+        patch.setenv('METRICNER_CACHE', str(root / 'cache'))
+        cache = StageCache(root / 'stages')
+        for setting in ('target_only', 'direct_transfer', 'eg_ed'):
+            for seed in (42, 13):
+                run_experiment(ExperimentConfig(target='bc5cdr', source='pc', setting=setting, profile='smoke', seed=seed,
+                                                out_dir=str(root / 'runs' / f'{setting}-{seed}')), cache)
     return root / 'runs'
 
 
+@pytest.mark.slow
 def test_records_and_table(smoke_results):
     records = load_records(smoke_results)
     assert len(records) == 6 and set(records.setting) == {'target_only', 'direct_transfer', 'eg_ed'}
@@ -94,6 +97,7 @@ def test_precision_recall_shift_pairs_runs_by_seed():
     assert not len(precision_recall_shift(records[records.setting == 'direct_transfer']))  # no EG+ED run at all
 
 
+@pytest.mark.slow
 def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv('METRICNER_DATA', str(data_dir))
     monkeypatch.setenv('METRICNER_CACHE', str(tmp_path / 'cache'))
@@ -104,6 +108,7 @@ def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
     assert len(progress) == len(grid()) and list(progress[progress.status == 'done'].folder) == [str(folder)]
 
 
+@pytest.mark.slow
 def test_site_builds_from_records_alone(smoke_results, tmp_path):
     import shutil
     import nbformat
@@ -157,6 +162,7 @@ def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch)
     assert (PROJECT_ROOT / 'api' / '00a_readers.ipynb').exists()  # the library pages Quarto renders were staged first
 
 
+@pytest.mark.slow
 def test_report_works_from_an_installed_package(tmp_path):
     """Without a checkout (no settings.ini and nbs/ above the package) the module imports and knows its grid and default
     folders; the grid driver and the site say that they need a checkout."""
@@ -229,6 +235,7 @@ def code_fingerprint_at(root: Path, commit: str) -> set[str]:
     return digests
 
 
+@pytest.mark.slow
 def test_committed_records_are_complete_and_ran_the_code_of_their_commit():
     root = Path(__file__).resolve().parent.parent
     if not (root / '.git').exists(): pytest.skip('not a git checkout')
