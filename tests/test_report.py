@@ -134,7 +134,7 @@ def test_site_builds_from_records_alone(smoke_results, tmp_path):
     for page in (results, run_page, html):  # no absolute path of the machine that built or ran it
         assert str(tmp_path) not in page and str(PROJECT_ROOT) not in page
     api = (tmp_path / 'site' / 'api' / '00a_readers.html').read_text()
-    assert 'load_corpus' in api and '#| export' not in api  # the library's code, without nbdev's directives
+    assert 'read_standoff' in api and '#| export' not in api  # the library's code, without nbdev's directives
 
 
 def test_quarto_config_names_pages_that_exist():
@@ -174,10 +174,10 @@ def test_report_works_from_an_installed_package(tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
     code = """
-import metricner, metricner.paths, metricner.report as report
+import metricner, metricner.paths, metricner.grid as grid, metricner.site as site
 assert metricner.paths.PROJECT_ROOT is None and metricner.__file__.startswith(sys.argv[1]), metricner.__file__
-print(report.default_runs_dir(), len(report.grid()))
-for call in (report.build_site, report.stage_api_pages, lambda: report.run_grid(report.grid('smoke')[:1], log=lambda *_: None)):
+print(grid.default_runs_dir(), len(grid.grid()))
+for call in (site.build_site, site.stage_api_pages, lambda: grid.run_grid(grid.grid('smoke')[:1], log=lambda *_: None)):
     try: call()
     except RuntimeError as error: print(error)
 """
@@ -191,9 +191,9 @@ for call in (report.build_site, report.stage_api_pages, lambda: report.run_grid(
 
 
 def test_cell_status(tmp_path, monkeypatch):
-    import metricner.report as report
+    import metricner.grid as grid_module
     run = grid()[0]
-    monkeypatch.setattr(report, 'run_folder', lambda parameters, root=None: tmp_path / 'cell')
+    monkeypatch.setattr(grid_module, 'run_folder', lambda parameters, root=None: tmp_path / 'cell')
     assert cell_status(run) == 'missing'
     (tmp_path / 'cell').mkdir()
     (tmp_path / 'cell' / 'metrics.json').write_text('{"truncated": ')
@@ -203,8 +203,8 @@ def test_cell_status(tmp_path, monkeypatch):
 def test_run_grid_goes_on_after_a_failed_run(tmp_path, monkeypatch):
     import nbformat
     import papermill
-    import metricner.report as report
-    monkeypatch.setattr(report, 'run_folder', lambda parameters, root=None: tmp_path / f"{parameters['target']}-{parameters['setting']}")
+    import metricner.grid as grid_module
+    monkeypatch.setattr(grid_module, 'run_folder', lambda parameters, root=None: tmp_path / f"{parameters['target']}-{parameters['setting']}")
     ran = []
     def execute(template, output, parameters, **options):
         ran.append(parameters['setting'])
@@ -212,7 +212,7 @@ def test_run_grid_goes_on_after_a_failed_run(tmp_path, monkeypatch):
         if len(ran) == 1: raise papermill.PapermillExecutionError(3, 3, 'run()', 'ValueError', 'bad corpus', [])
     monkeypatch.setattr(papermill, 'execute_notebook', execute)
     with pytest.raises(RuntimeError, match='1 grid run'):
-        report.run_grid(grid()[:2], log=lambda *_: None)
+        grid_module.run_grid(grid()[:2], log=lambda *_: None)
     assert ran == ['direct_transfer', 'ed']  # the second run still ran
 
 

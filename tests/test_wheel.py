@@ -141,11 +141,11 @@ def run_installed(installed, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 PROBE = '''import json, metricner
-from metricner import data, download, events
+from metricner import paths, download, events
 print(json.dumps({'package': metricner.__file__, 'templates': str(events.default_templates_path()),
                   'template_types': sorted(events.EventTemplates().templates), 'manifest': str(download.default_manifest()),
-                  'manifest_corpora': sorted(download.load_manifest()['corpora']), 'project_root': data.project_root(),
-                  'data_dir': str(data.default_data_dir()), 'cache_dir': str(data.default_cache_dir())}))'''
+                  'manifest_corpora': sorted(download.load_manifest()['corpora']), 'project_root': paths.project_root(),
+                  'data_dir': str(paths.default_data_dir()), 'cache_dir': str(paths.default_cache_dir())}))'''
 
 
 def test_the_wheel_ships_its_data_and_uses_user_folders(installed):
