@@ -43,6 +43,9 @@ def add_run_arguments(parser: argparse.ArgumentParser,  # the `run` subcommand's
         if p.kind is dict:  # overrides: KEY=VALUE, repeated
             parser.add_argument(p.option, dest=p.name, action='append', type=_override, metavar='KEY=VALUE', help=p.help)
             continue
+        if p.kind is bool:  # a flag that turns the default off (or on)
+            parser.add_argument(p.option, dest=p.name, action='store_false' if p.default else 'store_true', help=p.help)
+            continue
         default = '' if p.default is None else f' (default: {p.default})'
         parser.add_argument(p.option, dest=p.name, default=p.default, type=int if p.kind is int else str, choices=p.choices,
                             help=p.help + default)
