@@ -61,8 +61,9 @@ def cmd_run(args) -> int:
 # %% ../nbs/07_cli.ipynb #0d46699d
 def cmd_bench(args) -> int:
     "`metricner bench`: speed and efficiency figures of this machine."
-    from metricner.bench import format_benchmark, run_benchmark  # heavy: only when asked for
-    result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
+    from metricner.bench import format_benchmark, run_benchmark, run_tagging_benchmark  # heavy: only when asked for
+    if args.tagging_only: result = run_tagging_benchmark(quick=args.quick, data_dir=args.data_dir)
+    else: result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
     print(json.dumps(result, indent=1, default=str) if args.json else format_benchmark(result))
     return 0
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--quick', action='store_true', help='fewer batches: a few minutes')
     bench.add_argument('--json', action='store_true', help='print JSON instead of a table')
     bench.add_argument('--data-dir', type=Path, default=None, help='where the corpora are (default: $METRICNER_DATA)')
+    bench.add_argument('--tagging-only', action='store_true', help='only tagging throughput: metricner tag vs the transformers pipeline')
     bench.set_defaults(run=cmd_bench)
 
     fetch = commands.add_parser('download', help='fetch the corpora from their public sources and verify their checksums')

@@ -358,16 +358,17 @@ def export_model(model,  # a saved tagger's folder (a run's `model/`)
     partial.rename(out)
     return out
 
-# %% ../nbs/09_tagging.ipynb #ecefa5d8
-def pipeline_entities(folder,  # an exported transformers folder
+# %% ../nbs/09_tagging.ipynb #9ea91307
+def pipeline_entities(model,  # an exported transformers folder, or a token-classification pipeline made from one
                       texts: list[str],  # the texts
                       batch_size: int = 32,  # texts per forward pass
-                      device: str | int | None = None  # as transformers' pipeline takes it
+                      device: str | int | None = None  # as transformers' pipeline takes it (for a folder)
                      ) -> list[list[tuple[int, int, str]]]:  # `(start, end, type)` of each text's entities
     "Entities the transformers pipeline finds with `aggregation_strategy='first'` (no metricner code involved)."
     from transformers import pipeline
-    tagger = pipeline('token-classification', model=str(folder), aggregation_strategy='first', device=device)
-    found = tagger(list(texts), batch_size=batch_size)
+    if isinstance(model, (str, Path)):
+        model = pipeline('token-classification', model=str(model), aggregation_strategy='first', device=device)
+    found = model(list(texts), batch_size=batch_size)
     return [[(int(e['start']), int(e['end']), e['entity_group']) for e in row] for row in found]
 
 # %% ../nbs/09_tagging.ipynb #50195f9c
