@@ -225,7 +225,7 @@ PROGRESS_FROM = 200
 CHUNK = 512
 "Documents tagged at a time: memory stays flat on large inputs, and batches are still length-grouped within a chunk."
 
-# %% ../nbs/09_tagging.ipynb #72a5f9e8
+# %% ../nbs/09_tagging.ipynb #adb8c55c
 def _unique_ids(docs_by_input: list[tuple[str, list[Document]]]) -> None:
     seen = {}
     for name, docs in docs_by_input:
@@ -258,20 +258,22 @@ def tag_files(model,  # a saved tagger's folder (a run's `model/`)
     show = len(docs) >= PROGRESS_FROM if progress is None else progress
     bar = tqdm(total=len(docs), desc='tagging', unit='doc', file=sys.stderr, disable=not show)
     counts = {'documents': len(docs), 'entities': 0, 'characters': sum(len(d.text) for d in docs)}
-    stream = None
+    to_file = output_format != 'brat' and str(out) != '-'
+    partial = Path(out).with_name(Path(out).name + '.partial') if to_file else None
+    stream = open(partial, 'w', encoding='utf-8', newline='') if to_file else sys.stdout
     try:
-        if output_format != 'brat':
-            stream = sys.stdout if str(out) == '-' else open(Path(out).with_name(Path(out).name + '.partial'), 'w', encoding='utf-8', newline='')
         for at in range(0, len(docs), CHUNK):
             chunk = docs[at:at + CHUNK]
             found = tag_documents(tagger, chunk, batch_size)
             writer(chunk, found, Path(out) if output_format == 'brat' else stream)
             counts['entities'] += sum(map(len, found))
             bar.update(len(chunk))
+    except BaseException:
+        if to_file: stream.close(); partial.unlink(missing_ok=True)  # no half output left behind
+        raise
     finally:
         bar.close()
-        if stream is not None and stream is not sys.stdout: stream.close()
-    if stream is not None and stream is not sys.stdout: Path(stream.name).replace(out)  # complete: under its name
+    if to_file: stream.close(); partial.replace(out)  # complete: under its name
     counts['seconds'] = time.perf_counter() - started
     return counts
 
