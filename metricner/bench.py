@@ -422,7 +422,7 @@ def run_tagging_benchmark(quick: bool = False,  # 100 documents rather than 400
                          ) -> dict:  # the tagging figures of `run_benchmark`, with details and configuration
     "Only the tagging part of `run_benchmark` (`metricner bench --tagging-only`)."
     from metricner.corpora import load_corpus
-    started, threads_before = time.perf_counter(), torch.get_num_threads()
+    started, threads_before, load_before = time.perf_counter(), torch.get_num_threads(), os.getloadavg()[0]
     torch.set_num_threads(_cores())
     try: figures = _tagging_figures(load_corpus('chemdner', data_dir), quick, backbone, batch_size)
     finally: torch.set_num_threads(threads_before)
@@ -430,7 +430,7 @@ def run_tagging_benchmark(quick: bool = False,  # 100 documents rather than 400
     result['details'] = {'tagging': figures['tagging']}
     result['config'] = {'backbone': backbone or 'all-MiniLM-L6-v2 (bundled)', 'mode': 'full (exported for the pipeline)',
                         'infer_batch_size': batch_size, 'threads': _cores(), 'torch': torch.__version__, 'quick': quick,
-                        'machine': _machine(), 'load_average_at_start': round(os.getloadavg()[0], 2)}
+                        'machine': _machine(), 'load_average_at_start': round(load_before, 2)}
     result['seconds'] = time.perf_counter() - started
     result['config']['load_average_at_end'] = round(os.getloadavg()[0], 2)
     return result
