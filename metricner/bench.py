@@ -25,8 +25,8 @@ from .tagger import Tagger, tagging_loss
 __all__ = ['MATMUL_OPS', 'BENCH_FLOORS', 'matmul_gflops', 'dense_flops_per_token', 'attention_flops_per_token',
            'adapter_flops_per_token', 'head_flops_per_token', 'ModelShape', 'forward_flops', 'training_flops',
            'padded_to', 'naive_padding_efficiency', 'spread_sample', 'time_training', 'time_inference', 'utilisation',
-           'training_time_shares', 'PeakRSS', 'aux_similarity_probe', 'measure_aux_similarity', 'meets_floors',
-           'run_benchmark', 'format_benchmark']
+           'training_time_shares', 'PeakRSS', 'aux_similarity_probe', 'measure_aux_similarity', 'measure_tagging',
+           'meets_floors', 'run_tagging_benchmark', 'run_benchmark', 'format_benchmark']
 
 # %% ../nbs/08_bench.ipynb #8f55e05a
 def matmul_gflops(size: int = 4096,  # rows and columns of the two square matrices
@@ -324,6 +324,38 @@ def measure_aux_similarity(corpus: str = 'all',  # the source corpus (a name or 
     again = _probe_in_fresh_process(corpus, paradigm, data_dir, cache_dir)  # now from the cache
     return {**again, 'first_build_seconds': first['seconds'], 'encoded_in_run': True}
 
+# %% ../nbs/08_bench.ipynb #9b4a2f15
+def measure_tagging(docs,  # `Document`s to tag
+                    labels,  # BIO labels of the (untrained) head
+                    backbone=None,  # a path or Hub id; default the bundled MiniLM
+                    batch_size: int = 32,  # windows (metricner) and texts (pipeline) per forward pass
+                    seed: int = 0  # seed of the head
+                   ) -> dict:  # documents, real_tokens, metricner and pipeline figures, speedup, agreement
+    "Time `tag_documents` and the transformers pipeline on the same exported model and documents."
+    from transformers import pipeline
+    from metricner.tagger import load_tagger
+    from metricner.tagging import document_unit, export_model, pipeline_entities, tag_documents, word_differences
+    docs, texts = list(docs), [d.text for d in docs]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Tagger.build(backbone, labels, mode='full', seed=seed).save(Path(tmp) / 'model')
+        tagger = load_tagger(saved)
+        pipe = pipeline('token-classification', model=str(export_model(saved, Path(tmp) / 'exported')),
+                        aggregation_strategy='first', device=-1)
+        windows, _ = tagger.encode([document_unit(d) for d in docs], with_labels=False)
+        tag_documents(tagger, docs[:batch_size], batch_size); pipe(texts[:batch_size], batch_size=batch_size)  # warm-up
+        with torch.inference_mode():
+            start = time.perf_counter(); ours = tag_documents(tagger, docs, batch_size); ours_s = time.perf_counter() - start
+            start = time.perf_counter(); theirs = pipeline_entities(pipe, texts, batch_size); theirs_s = time.perf_counter() - start
+    per_doc = np.bincount([w.unit for w in windows], minlength=len(docs))
+    comparable = [i for i in range(len(docs)) if per_doc[i] == 1 and not word_differences(texts[i], tagger.tokenizer)]
+    same = sum([(e.start, e.end, e.type) for e in ours[i]] == theirs[i] for i in comparable)
+    real = sum(len(w) for w in windows)
+    rates = lambda s: {'seconds': s, 'documents_per_s': len(docs) / s, 'tokens_per_s': real / s}
+    return {'documents': len(docs), 'real_tokens': real, 'split_documents': int((per_doc > 1).sum()),
+            'metricner': rates(ours_s), 'pipeline': rates(theirs_s), 'speedup': theirs_s / ours_s,
+            'entities': sum(map(len, ours)), 'compared_documents': len(comparable),
+            'agreement': same / len(comparable) if comparable else None}
+
 # %% ../nbs/08_bench.ipynb #1abe6c0e
 BENCH_FLOORS = {'padding_efficiency': ('>=', 0.85), 'train_mfu': ('>=', 0.35), 'infer_mfu': ('>=', 0.40),
                 'aux_similarity_seconds': ('<=', 60.0)}
@@ -373,6 +405,36 @@ def _throughputs(tagger, windows, peak, sizes, naive_length, naive=True, inferen
                                          shape, peak, False)
     return out
 
+# %% ../nbs/08_bench.ipynb #685c56a9
+def _tagging_figures(corpus, quick: bool, backbone, batch_size: int) -> dict:
+    "The tagging figures of the table, from `measure_tagging` on the first CHEMDNER test documents."
+    measured = measure_tagging(corpus['test'][:100 if quick else 400], corpus.labels, backbone, batch_size)
+    return {'tag_documents_per_s': measured['metricner']['documents_per_s'], 'tag_tokens_per_s': measured['metricner']['tokens_per_s'],
+            'pipeline_documents_per_s': measured['pipeline']['documents_per_s'],
+            'pipeline_tokens_per_s': measured['pipeline']['tokens_per_s'], 'tag_speedup_vs_pipeline': measured['speedup'],
+            'tag_agreement': measured['agreement'], 'tagging': measured}
+
+
+def run_tagging_benchmark(quick: bool = False,  # 100 documents rather than 400
+                          data_dir=None,  # the corpora folder; default as `load_corpus`
+                          backbone=None,  # a path or Hub id; default the bundled MiniLM
+                          batch_size: int = 32  # windows / texts per forward pass
+                         ) -> dict:  # the tagging figures of `run_benchmark`, with details and configuration
+    "Only the tagging part of `run_benchmark` (`metricner bench --tagging-only`)."
+    from metricner.corpora import load_corpus
+    started, threads_before, load_before = time.perf_counter(), torch.get_num_threads(), os.getloadavg()[0]
+    torch.set_num_threads(_cores())
+    try: figures = _tagging_figures(load_corpus('chemdner', data_dir), quick, backbone, batch_size)
+    finally: torch.set_num_threads(threads_before)
+    result = {k: v for k, v in figures.items() if k != 'tagging'}
+    result['details'] = {'tagging': figures['tagging']}
+    result['config'] = {'backbone': backbone or 'all-MiniLM-L6-v2 (bundled)', 'mode': 'full (exported for the pipeline)',
+                        'infer_batch_size': batch_size, 'threads': _cores(), 'torch': torch.__version__, 'quick': quick,
+                        'machine': _machine(), 'load_average_at_start': round(load_before, 2)}
+    result['seconds'] = time.perf_counter() - started
+    result['config']['load_average_at_end'] = round(os.getloadavg()[0], 2)
+    return result
+
 # %% ../nbs/08_bench.ipynb #935f6fb1
 def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a few minutes
                   data_dir=None,  # the corpora folder; default as `load_corpus`
@@ -411,6 +473,9 @@ def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a 
         full = _throughputs(full_tagger, windows, peak, sizes, window, naive=False, inference=False)
         del full_tagger
 
+        _say(progress, 'tagging: metricner tag vs the transformers pipeline (full fine-tuning, exported)')
+        tagging = _tagging_figures(chemdner, quick, backbone, infer_batch_size)
+
         _say(progress, 'multi-similarity loss: vectorised vs per-anchor loop')
         ms = benchmark_ms_loss(repeats=1 if quick else 3)
 
@@ -429,6 +494,7 @@ def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a 
         'aux_similarity_seconds': sentenc['seconds'], 'aux_similarity_peak_mib': sentenc['peak_mib'],
         'full_train_tokens_per_s': full['train']['tokens_per_s'], 'full_train_mfu': full['train']['mfu'],
         'aux_similarity_concat_seconds': concat['seconds'], 'aux_similarity_concat_peak_mib': concat['peak_mib'],
+        **{k: v for k, v in tagging.items() if k != 'tagging'},
     }
     naive = {'padding_efficiency': naive_padding_efficiency(lengths, window),
              'train_tokens_per_s': adapter['naive_train']['tokens_per_s'], 'train_mfu': adapter['naive_train']['mfu'],
@@ -441,7 +507,7 @@ def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a 
     result['details'] = {'matmul': matmul, 'train': adapter['train'], 'infer': adapter['infer'],
                          'naive_train': adapter['naive_train'], 'naive_infer': adapter['naive_infer'],
                          'full_train': full['train'], 'train_time_shares': shares, 'ms_loss': ms,
-                         'aux_similarity': sentenc, 'aux_similarity_concat': concat,
+                         'aux_similarity': sentenc, 'aux_similarity_concat': concat, 'tagging': tagging['tagging'],
                          'windows': len(windows), 'mean_window_length': float(np.mean(lengths)),
                          'sequential_padding_efficiency': padding_efficiency(lengths, sequential_batches(len(lengths), train_batch_size))}
     result['config'] = {'backbone': backbone or 'all-MiniLM-L6-v2 (bundled)', 'mode': 'adapter (full fine-tuning as extra)',
@@ -465,10 +531,13 @@ def _machine() -> str:
 # %% ../nbs/08_bench.ipynb #a4d785fb
 _UNITS = {'matmul_gflops': 'GFLOP/s', 'train_tokens_per_s': 'tokens/s', 'infer_tokens_per_s': 'tokens/s',
           'aux_similarity_seconds': 's', 'aux_similarity_peak_mib': 'MiB', 'full_train_tokens_per_s': 'tokens/s',
-          'aux_similarity_concat_seconds': 's', 'aux_similarity_concat_peak_mib': 'MiB', 'ms_loss_speedup_vs_loop': '×'}
+          'aux_similarity_concat_seconds': 's', 'aux_similarity_concat_peak_mib': 'MiB', 'ms_loss_speedup_vs_loop': '×',
+          'tag_documents_per_s': 'docs/s', 'tag_tokens_per_s': 'tokens/s', 'pipeline_documents_per_s': 'docs/s',
+          'pipeline_tokens_per_s': 'tokens/s', 'tag_speedup_vs_pipeline': '×'}
 _MAIN = ('matmul_gflops', 'padding_efficiency', 'train_tokens_per_s', 'train_mfu', 'infer_tokens_per_s', 'infer_mfu',
          'ms_loss_speedup_vs_loop', 'aux_similarity_seconds', 'aux_similarity_peak_mib', 'full_train_tokens_per_s',
-         'full_train_mfu', 'aux_similarity_concat_seconds', 'aux_similarity_concat_peak_mib')
+         'full_train_mfu', 'aux_similarity_concat_seconds', 'aux_similarity_concat_peak_mib', 'tag_documents_per_s',
+         'tag_tokens_per_s', 'pipeline_documents_per_s', 'pipeline_tokens_per_s', 'tag_speedup_vs_pipeline', 'tag_agreement')
 
 
 def _number(value) -> str:

@@ -17,8 +17,8 @@ from .download import DownloadError, download
 from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_experiment
 
 # %% auto #0
-__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'build_parser',
-           'main']
+__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'cmd_tag',
+           'cmd_export', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
@@ -43,6 +43,9 @@ def add_run_arguments(parser: argparse.ArgumentParser,  # the `run` subcommand's
         if p.kind is dict:  # overrides: KEY=VALUE, repeated
             parser.add_argument(p.option, dest=p.name, action='append', type=_override, metavar='KEY=VALUE', help=p.help)
             continue
+        if p.kind is bool:  # a flag that turns the default off (or on)
+            parser.add_argument(p.option, dest=p.name, action='store_false' if p.default else 'store_true', help=p.help)
+            continue
         default = '' if p.default is None else f' (default: {p.default})'
         parser.add_argument(p.option, dest=p.name, default=p.default, type=int if p.kind is int else str, choices=p.choices,
                             help=p.help + default)
@@ -58,8 +61,9 @@ def cmd_run(args) -> int:
 # %% ../nbs/07_cli.ipynb #0d46699d
 def cmd_bench(args) -> int:
     "`metricner bench`: speed and efficiency figures of this machine."
-    from metricner.bench import format_benchmark, run_benchmark  # heavy: only when asked for
-    result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
+    from metricner.bench import format_benchmark, run_benchmark, run_tagging_benchmark  # heavy: only when asked for
+    if args.tagging_only: result = run_tagging_benchmark(quick=args.quick, data_dir=args.data_dir)
+    else: result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
     print(json.dumps(result, indent=1, default=str) if args.json else format_benchmark(result))
     return 0
 
@@ -89,6 +93,23 @@ def cmd_report(args) -> int:
     print(build_site(args.out, use_quarto=False if args.no_quarto else None, profile=args.profile))
     return 0
 
+# %% ../nbs/07_cli.ipynb #1bf1d4eb
+def cmd_tag(args) -> int:
+    "`metricner tag`: tag text with a saved tagger; entities to a file or standard output."
+    from metricner.tagging import tag_files  # torch and transformers: only when asked for
+    counts = tag_files(args.model, args.inputs, args.input_format, args.format, args.out, args.batch_size,
+                       False if args.quiet else None, args.device)
+    print(f"metricner tag: {counts['documents']:,} documents, {counts['entities']:,} entities in {counts['seconds']:.1f} s"
+          + ('' if str(args.out) == '-' else f' → {args.out}'), file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    "`metricner export`: a saved tagger as a transformers folder (full fine-tuning) or in the adapters library's format."
+    from metricner.tagging import export_model
+    print(export_model(args.model, args.to))
+    return 0
+
 # %% ../nbs/07_cli.ipynb #cc486e39
 def build_parser() -> argparse.ArgumentParser:
     "The `metricner` program: one subcommand per task."
@@ -110,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--quick', action='store_true', help='fewer batches: a few minutes')
     bench.add_argument('--json', action='store_true', help='print JSON instead of a table')
     bench.add_argument('--data-dir', type=Path, default=None, help='where the corpora are (default: $METRICNER_DATA)')
+    bench.add_argument('--tagging-only', action='store_true', help='only tagging throughput: metricner tag vs the transformers pipeline')
     bench.set_defaults(run=cmd_bench)
 
     fetch = commands.add_parser('download', help='fetch the corpora from their public sources and verify their checksums')
@@ -130,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument('--no-quarto', action='store_true', help='build with nbconvert even where Quarto is installed')
     report.add_argument('--profile', default='cpu', choices=PROFILES, help='whose records the results page shows (default: cpu)')
     report.set_defaults(run=cmd_report)
+
+    from metricner.tagging import INPUT_FORMATS, OUTPUT_FORMATS  # light: the heavy imports are inside its functions
+    tag = commands.add_parser('tag', help="tag text with a saved tagger (a run's model/)")
+    tag.add_argument('--model', required=True, type=Path, help="the saved tagger's folder, e.g. results/runs/.../model")
+    tag.add_argument('inputs', nargs='+', metavar='INPUT', help="files, standoff folders, or '-' for standard input")
+    tag.add_argument('--input-format', default='auto', choices=INPUT_FORMATS, help='how to read the inputs (default: auto)')
+    tag.add_argument('--format', default='pubtator', choices=OUTPUT_FORMATS, help='what to write (default: pubtator)')
+    tag.add_argument('--out', default='-', help="output file (brat: a folder), or '-' for standard output (default)")
+    tag.add_argument('--batch-size', type=int, default=32, help='windows per forward pass (default: 32)')
+    tag.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: a GPU when there is one)')
+    tag.add_argument('--quiet', action='store_true', help='no progress bar')
+    tag.set_defaults(run=cmd_tag)
+
+    export = commands.add_parser('export', help='export a saved tagger to a transformers folder or the adapters format')
+    export.add_argument('--model', required=True, type=Path, help="the saved tagger's folder")
+    export.add_argument('--to', required=True, type=Path, help='the folder to write (new or empty)')
+    export.set_defaults(run=cmd_export)
     return parser
 
 # %% ../nbs/07_cli.ipynb #12641347

@@ -44,7 +44,7 @@ __all__ = ['SETTINGS', 'PROFILES', 'STAGES', 'PROFILE_DEFAULTS', 'NESTED_KEYS', 
            'config_from_parameters', 'result_files', 'source_digest', 'file_digest', 'code_fingerprint',
            'corpus_fingerprint', 'git_commit', 'source_stage_inputs', 'source_stage_key', 'StageCache',
            'few_shot_sample', 'target_data', 'backbone_path', 'source_stage', 'write_analysis_files', 'default_out_dir',
-           'write_json_atomically', 'run_experiment']
+           'write_json_atomically', 'save_run_model', 'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class ExperimentConfig:
     few_shot_seed: int | None = config_field(None, 'target')  # seed of random draws; None: the run's seed
     few_shot_k: int | None = config_field(None, 'target')  # random draws: units per entity type; None: the paper's per-label quota
     save_features: bool | None = config_field(None, 'target')  # entity features of test documents for plots; None: as the setting says
+    save_model: bool = config_field(True, 'run')  # keep the final target tagger in model/ beside metrics.json
     feature_documents: int = config_field(100, 'target')  # how many test documents (from the start) give features (CHEMDNER: ~2,000 entities, ~1.7 MB)
     device: str = config_field('auto', 'run')  # 'auto' (the first CUDA GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1'
     data_dir: str | Path | None = config_field(None, 'run')  # where the corpora are; stages are keyed by the files' contents
@@ -238,7 +239,7 @@ class Parameter:
     "A parameter of one run as users give it: an option of `metricner run` and a papermill `-p` name."
     name: str  # the papermill name, and the `ExperimentConfig` field it sets (`overrides`: any field)
     help: str  # one line for `metricner run --help`
-    kind: type = str  # how text from the command line is read: str, int, list (comma-separated) or dict (KEY=VALUE, repeated)
+    kind: type = str  # how text from the command line is read: str, int, list (comma-separated), dict (KEY=VALUE, repeated) or bool (a flag that turns the default off)
     flag: str | None = None  # the command-line option, when it is not the name with dashes
 
     @property
@@ -273,6 +274,7 @@ PARAMETERS = (
     Parameter('device', 'auto (a CUDA GPU when there is one), cpu, cuda or cuda:N'),
     Parameter('few_shot', "few-shot sampler of the target's train and dev: the paper's rule or random draws"),
     Parameter('few_shot_seed', "seed of random few-shot draws (default: the run's seed)", kind=int),
+    Parameter('save_model', 'skip keeping the final tagger in model/ beside metrics.json', kind=bool, flag='--no-save-model'),
     Parameter('overrides', 'any other configuration value, e.g. target_train.lr=5e-4 or lambda_tgt=0.2', kind=dict, flag='--set'),
 )
 "The parameters of one run: the options of `metricner run` and the names of the papermill template's `parameters` cell."
@@ -552,6 +554,21 @@ def write_json_atomically(path: Path, record: dict) -> Path:
     partial.replace(path)
     return path
 
+# %% ../nbs/05_experiments.ipynb #081209c8
+def save_run_model(out_dir: Path,  # the run's folder
+                   tagger: Tagger,  # the tagger the run scored
+                   config: ExperimentConfig,  # the run's resolved configuration
+                   code: str  # the code fingerprint the run records
+                  ) -> str:  # the folder's name in `out_dir`
+    "Write `out_dir/model` atomically: under a temporary name, renamed when complete; an older model is replaced."
+    partial = out_dir / f'.model.partial-{os.getpid()}'
+    shutil.rmtree(partial, ignore_errors=True)
+    save_tagger(tagger, partial, extra={'run': {'config_digest': _digest(asdict(config)), 'code': code,
+                                                'record': 'metrics.json'}})
+    shutil.rmtree(out_dir / 'model', ignore_errors=True)
+    partial.rename(out_dir / 'model')
+    return 'model'
+
 # %% ../nbs/05_experiments.ipynb #0dac3e8a
 def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, log=print) -> dict:
     "Run one experiment and write its `metrics.json`; returns the record."
@@ -562,6 +579,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     if (out_dir / 'metrics.json').exists():  # never leave an old record beside the partial files of a new run
         log(f'replacing the record in {out_dir}')
         (out_dir / 'metrics.json').unlink()
+    shutil.rmtree(out_dir / 'model', ignore_errors=True)  # nor an old model beside a new record
     cache = cache or StageCache(log=log)
     target, units, data_info = target_data(config)
     timings['data'] = time.perf_counter() - started
@@ -592,6 +610,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     source_predicted = predict(source_tagger, units['test'], progress=stage2_config.progress) if source_tagger is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     analysis = write_analysis_files(out_dir, config, tagger, units['test'], predicted, source_predicted)
+    if config.save_model: analysis['model'] = save_run_model(out_dir, tagger, config, code)  # before the record
     timings['test'] = time.perf_counter() - t
     timings['total'] = time.perf_counter() - started
     record = {

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
+
 from .backbone import (
     backbone_reference, BackboneError, _check_backbone_folder, load_backbone, model_window, _quiet_logger,
     _quiet_transformers, _without_pooler)
@@ -23,7 +25,7 @@ from .windows import collate, encode_units, EncodingReport, IGNORE, length_batch
 
 # %% auto #0
 __all__ = ['MODES', 'ADAPTER_NAME', 'FORMAT_VERSION', 'TaggerConfig', 'weights_fingerprint', 'Tagger', 'tagging_loss',
-           'predict_ids', 'predict', 'save_tagger', 'load_tagger']
+           'predict_words', 'predict_ids', 'predict', 'ModelFolderError', 'save_tagger', 'load_tagger']
 
 # %% ../nbs/01b_tagger.ipynb #09e951ea
 MODES = ('adapter', 'full')
@@ -169,28 +171,42 @@ def tagging_loss(logits: torch.Tensor,  # [B, L, labels]
 
 # %% ../nbs/01b_tagger.ipynb #0c0a08bd
 @torch.no_grad()
-def predict_ids(tagger: Tagger,  # the tagger; its training mode is restored afterwards
-                units,  # `TaggedUnit`s (their tags are not read)
-                batch_size: int = 32,  # windows per forward pass
-                progress: bool = False  # show a progress bar
-               ) -> list[np.ndarray]:  # one array of label ids per unit
-    "Label id of every word of every unit (windows merged: each word from the window that owns it)."
+def predict_words(tagger: Tagger,  # the tagger; its training mode is restored afterwards
+                  units,  # `TaggedUnit`s (their tags are not read)
+                  batch_size: int = 32,  # windows per forward pass
+                  progress: bool = False  # show a progress bar
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:  # per unit: label ids [words] and their probabilities [words]
+    "Label id and its probability for every word of every unit (windows merged: each word from the window that owns it)."
     from tqdm.auto import tqdm
     was_training = tagger.training
     tagger.eval()
     windows, _ = tagger.encode(units, with_labels=False)
-    out = [np.full(len(u), -1, dtype=np.int64) for u in units]
+    ids = [np.full(len(u), -1, dtype=np.int64) for u in units]
+    probs = [np.zeros(len(u), dtype=np.float32) for u in units]
     try:
         batches = tqdm(tagger.batches(windows, batch_size), total=-(-len(windows) // batch_size), desc='predicting',
                        disable=not progress, leave=False)
         for b in batches:
             logits, _ = tagger(b.input_ids, b.attention_mask)
-            token = logits.argmax(-1)  # [B, L]
-            words = token.gather(1, b.word_positions.clamp(min=0)).cpu().numpy()  # [B, W]
-            for row, w in zip(words, b.windows): out[w.unit][w.first_word + np.asarray(w.owned, dtype=np.int64)] = row[w.owned]
+            positions = b.word_positions.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1])
+            at_words = logits.gather(1, positions)  # [B, W, labels]: each word's first sub-token
+            word_ids = at_words.argmax(-1)  # [B, W]
+            word_probs = at_words.float().softmax(-1).gather(2, word_ids[..., None]).squeeze(2)
+            for row, p, w in zip(word_ids.cpu().numpy(), word_probs.cpu().numpy(), b.windows):
+                at = w.first_word + np.asarray(w.owned, dtype=np.int64)
+                ids[w.unit][at], probs[w.unit][at] = row[w.owned], p[w.owned]
     finally:
         tagger.train(was_training)
-    return out
+    return list(zip(ids, probs))
+
+# %% ../nbs/01b_tagger.ipynb #5e1d0a3c
+def predict_ids(tagger: Tagger,  # the tagger
+                units,  # `TaggedUnit`s (their tags are not read)
+                batch_size: int = 32,  # windows per forward pass
+                progress: bool = False  # show a progress bar
+               ) -> list[np.ndarray]:  # one array of label ids per unit
+    "Label id of every word of every unit (windows merged: each word from the window that owns it)."
+    return [ids for ids, _ in predict_words(tagger, units, batch_size, progress)]
 
 # %% ../nbs/01b_tagger.ipynb #176bd3c6
 def predict(tagger: Tagger,  # the tagger
@@ -202,8 +218,17 @@ def predict(tagger: Tagger,  # the tagger
     return [[tagger.labels[i] for i in ids] for ids in predict_ids(tagger, units, batch_size, progress)]
 
 # %% ../nbs/01b_tagger.ipynb #39e10ba9
-FORMAT_VERSION = 1
-"Version of the saved-tagger format in `tagger.json`."
+FORMAT_VERSION = 2
+"Version of the saved-tagger format in `config.json` (1: the same files, with `tagger.json`, and the encoder inside `tagger.safetensors`)."
+
+# %% ../nbs/01b_tagger.ipynb #a41f0c2e
+class ModelFolderError(ValueError):
+    "A saved tagger's folder that cannot be loaded; the message names the folder and the problem."
+    def __init__(self, folder,  # the folder
+                 problem: str  # what is wrong, in words
+                ):
+        self.folder, self.problem = str(folder), problem
+        super().__init__(f'model folder {self.folder}: {problem}')
 
 # %% ../nbs/01b_tagger.ipynb #7703986d
 def _save_backbone_files(tagger: Tagger, folder: Path):
@@ -225,56 +250,95 @@ def _aliases(state: dict[str, torch.Tensor]) -> set[str]:
 
 def save_tagger(tagger: Tagger,  # the tagger to save
                 folder,  # where to write (created if missing)
-                include_backbone: bool | None = None  # write the backbone's weights; None: only in full mode (where it must)
+                include_backbone: bool | None = None,  # write the backbone's weights; None: only in full mode (where it must)
+                extra: dict | None = None  # more entries for `config.json` (e.g. what run made the tagger)
                ) -> Path:  # `folder`
-    "Write `tagger.json`, `tagger.safetensors` and `backbone/` (config, tokenizer) into `folder`."
+    "Write `config.json`, `tagger.safetensors` and `backbone/` (config, tokenizer; the weights when included) into `folder`."
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     include = tagger.config.mode == 'full' if include_backbone is None else include_backbone
     if tagger.config.mode == 'full' and not include:
         raise ValueError('a fully fine-tuned tagger changed its backbone: it can only be saved with include_backbone=True')
-    state = tagger.state_dict()
-    backbone = {k[len('encoder.'):]: v for k, v in state.items() if k.startswith('encoder.') and k[len('encoder.'):] in tagger.backbone_keys}
-    skip = _aliases(state) | (set() if include else {f'encoder.{k}' for k in tagger.backbone_keys})
-    kept = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in skip}
-    save_file(kept, str(folder / 'tagger.safetensors'))
+    state, backbone_keys = tagger.state_dict(), {f'encoder.{k}' for k in tagger.backbone_keys}
+    backbone = {k[len('encoder.'):]: v for k, v in state.items() if k in backbone_keys}
+    kept = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in _aliases(state)}
+    save_file({k: v for k, v in kept.items() if k not in backbone_keys}, str(folder / 'tagger.safetensors'))
     _save_backbone_files(tagger, folder / 'backbone')
-    meta = {'format': FORMAT_VERSION, 'config': asdict(tagger.config), 'includes_backbone': include,
-            'backbone_fingerprint': weights_fingerprint(backbone)}
-    (folder / 'tagger.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
+    if include:
+        save_file({k[len('encoder.'):]: v for k, v in kept.items() if k in backbone_keys}, str(folder / 'backbone' / 'model.safetensors'))
+    meta = {'format': FORMAT_VERSION, 'config': asdict(tagger.config), 'max_length': tagger.max_length,
+            'includes_backbone': include, 'backbone_fingerprint': weights_fingerprint(backbone), 'version': __version__,
+            **(extra or {})}
+    (folder / 'config.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
     return folder
 
 # %% ../nbs/01b_tagger.ipynb #9a6eaeea
-def load_tagger(folder,  # a folder written by `save_tagger`
+def _read_meta(folder: Path) -> dict:
+    "The checked `config.json` of a saved tagger."
+    if not folder.is_dir(): raise ModelFolderError(folder, 'no such folder')
+    if not (folder / 'config.json').is_file():
+        older = ' (it has a tagger.json: saved by an older metricner, format 1; save it again)' if (folder / 'tagger.json').exists() else ''
+        raise ModelFolderError(folder, f'no config.json: not a saved tagger{older}; a saved tagger holds config.json, '
+                                       f'tagger.safetensors and backbone/')
+    try: meta = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ModelFolderError(folder, f'config.json is not JSON ({e})') from None
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT_VERSION:
+        found = meta.get('format') if isinstance(meta, dict) else None
+        raise ModelFolderError(folder, f'config.json is not a saved tagger of format {FORMAT_VERSION} (format {found!r})')
+    try: TaggerConfig(**meta['config'])
+    except (KeyError, TypeError, ValueError) as e: raise ModelFolderError(folder, f'config.json: bad tagger configuration ({e})') from None
+    return meta
+
+
+def _weights(folder: Path, path: Path, why: str) -> dict[str, torch.Tensor]:
+    "The tensors of a safetensors file of a saved tagger; a missing or unreadable file is a `ModelFolderError`."
+    from safetensors.torch import load_file
+    if not path.is_file(): raise ModelFolderError(folder, f'{path.relative_to(folder)} is missing ({why})')
+    try: return load_file(str(path))
+    except Exception as e: raise ModelFolderError(folder, f'{path.relative_to(folder)} is not a readable safetensors file ({e})') from None
+
+
+def _check_shapes(folder: Path, state: dict, expected: dict):
+    "Every saved tensor must have the shape the architecture gives it."
+    for name, t in state.items():
+        if name in expected and tuple(t.shape) != tuple(expected[name].shape):
+            raise ModelFolderError(folder, f'weight {name} has shape {tuple(t.shape)} in the files, but the architecture '
+                                           f'needs {tuple(expected[name].shape)} (labels or backbone do not match the weights)')
+
+
+def load_tagger(folder,  # a folder written by `save_tagger` (e.g. a run's `model/`)
                 backbone: str | Path | None = None  # where the referenced backbone is now; default: where it was
                ) -> Tagger:  # in evaluation mode
-    "A tagger saved by `save_tagger`, in evaluation mode; `backbone` overrides where a referenced backbone is."
-    from safetensors.torch import load_file
+    "A tagger saved by `save_tagger`, in evaluation mode; `backbone` overrides where a referenced backbone is. Every file is checked."
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     folder = Path(folder)
-    if not (folder / 'tagger.json').exists(): raise FileNotFoundError(f'no tagger.json in {folder}: not a saved tagger')
-    meta = json.loads((folder / 'tagger.json').read_text(encoding='utf-8'))
-    if meta.get('format') != FORMAT_VERSION: raise ValueError(f'{folder}: unknown tagger format {meta.get("format")!r}')
+    meta = _read_meta(folder)
     config = TaggerConfig(**meta['config'])
-    state = load_file(str(folder / 'tagger.safetensors'))
+    state = _weights(folder, folder / 'tagger.safetensors', 'the head and adapters')
     if meta['includes_backbone']:
-        _check_backbone_folder(folder / 'backbone')
+        _check_backbone_folder(folder / 'backbone')  # its message names the folder
+        encoded = _weights(folder, folder / 'backbone' / 'model.safetensors', 'the fine-tuned encoder; it is not committed '
+                           'to git, so it exists only where the run was made')
+        state.update({f'encoder.{k}': v for k, v in encoded.items()})
         tokenizer = AutoTokenizer.from_pretrained(folder / 'backbone', use_fast=True)
         with _quiet_transformers(), torch.random.fork_rng():  # the random initialisation is overwritten below
             encoder = _without_pooler(AutoModel.from_config, AutoConfig.from_pretrained(folder / 'backbone'))
     else:
-        encoder, tokenizer = load_backbone(backbone or config.backbone)
+        reference = backbone or config.backbone
+        try: encoder, tokenizer = load_backbone(reference)
+        except BackboneError as e: raise BackboneError(f'model folder {folder}: its backbone cannot be loaded: {e}') from None
         found = weights_fingerprint(encoder.state_dict())
         if found != meta['backbone_fingerprint']:
-            raise BackboneError(f'backbone {backbone or config.backbone!r} is not the one this tagger was trained on '
+            raise BackboneError(f'model folder {folder}: backbone {reference!r} is not the one this tagger was trained on '
                                 f'(weights fingerprint {found[:12]}… ≠ {meta["backbone_fingerprint"][:12]}…)')
     tagger = Tagger(encoder, tokenizer, config)
+    _check_shapes(folder, state, tagger.state_dict())
     missing, unexpected = tagger.load_state_dict(state, strict=False)
     allowed_missing = _aliases(tagger.state_dict()) | (set() if meta['includes_backbone'] else {f'encoder.{k}' for k in tagger.backbone_keys})
     if unexpected or set(missing) - allowed_missing:
-        raise ValueError(f'{folder}: weights do not fit the tagger (missing {sorted(set(missing) - allowed_missing)[:5]}, '
-                         f'unexpected {unexpected[:5]})')
+        raise ModelFolderError(folder, f'weights do not fit the tagger (missing {sorted(set(missing) - allowed_missing)[:5]}, '
+                                       f'unexpected {unexpected[:5]})')
     return tagger.eval()
 
 
