@@ -22,10 +22,10 @@ from .readers import Document
 from .corpora import Corpus
 
 # %% auto #0
-__all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'PAPER_RECORDS', 'entity_key', 'EventRecord', 'event_records', 'drop_arguments',
-           'default_text_encoder_path', 'SentenceEncoder', 'cached_encode', 'concat_vectors', 'default_templates_path',
-           'EventTemplates', 'event_sentence', 'record_sentences', 'sentence_vectors', 'AuxSimilarity',
-           'build_aux_similarity', 'type_separation']
+__all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'PAPER_RECORDS', 'OLDER_RECORDS', 'entity_key', 'EventRecord', 'event_records',
+           'drop_arguments', 'default_text_encoder_path', 'SentenceEncoder', 'cached_encode', 'concat_vectors',
+           'default_templates_path', 'EventTemplates', 'event_sentence', 'record_sentences', 'sentence_vectors',
+           'AuxSimilarity', 'build_aux_similarity', 'type_separation']
 
 # %% ../nbs/02_events.ipynb #cfbaf446
 def entity_key(text: str  # an entity's surface string, as written in a document
@@ -367,6 +367,8 @@ PARADIGMS = ('concat', 'sentenc')
 "The two ways a record becomes a vector."
 PAPER_RECORDS = dict(self_text=False, equivalences=False, drop_unlabelled=True)
 "How the paper's code makes event records: `(self)` alone, `E` lines only, chemical (unlabelled) arguments dropped."
+OLDER_RECORDS = dict(self_text=True, equivalences=True, drop_unlabelled=False)
+"This package's first choices, the defaults of `build_aux_similarity` (the `cpu` profile keeps them)."
 
 # %% ../nbs/02_events.ipynb #66dbf61d
 def build_aux_similarity(corpus: Corpus,  # a source corpus with event annotations
