@@ -297,7 +297,7 @@ def _config_field(name: str) -> dataclasses.Field: return {f.name: f for f in da
 
 # %% ../nbs/05_experiments.ipynb #4b3aa0a0
 PARAMETERS = (
-    Parameter('target', 'target corpus: chemdner, bc5cdr, drugprot or FORMAT:DIR'),
+    Parameter('target', 'target corpus: chemdner, bc5cdr, drugprot (the first 600 abstracts of each split, as the paper), drugprot-full or FORMAT:DIR'),
     Parameter('source', 'source corpus: pc, cg, id, all or FORMAT:DIR'),
     Parameter('setting', 'which setting of the paper: ' + ', '.join(f'{s.name} ({s.label})' for s in SETTINGS.values())),
     Parameter('events', 'event paradigm of entity grouping'),
