@@ -401,7 +401,8 @@ def build_aux_similarity(corpus: Corpus,  # a source corpus with event annotatio
 # %% ../nbs/02_events.ipynb #3925f15c
 def type_separation(aux: AuxSimilarity,  # the auxiliary similarity to check
                     docs: list[Document],  # the documents whose entities are compared (those the records came from)
-                    types  # the label types
+                    types,  # the label types
+                    among=None  # only these entity keys (e.g. those with records under two ways of making them); None: all
                    ) -> dict:  # entity counts, mean w of same- and cross-type pairs, ROC AUC of w for same type
     "How well w separates same-type from cross-type pairs of distinct entities that have records."
     from sklearn.metrics import roc_auc_score
@@ -409,7 +410,7 @@ def type_separation(aux: AuxSimilarity,  # the auxiliary similarity to check
     for d in docs:
         for m in d.mentions:
             if m.type in types: seen.setdefault(entity_key(m.text), set()).add(m.type)
-    single = sorted(k for k, t in seen.items() if len(t) == 1 and k in aux.index)
+    single = sorted(k for k, t in seen.items() if len(t) == 1 and k in aux.index and (among is None or k in among))
     type_ids = {t: i for i, t in enumerate(sorted(types))}
     labels = torch.tensor([type_ids[next(iter(seen[k]))] for k in single])
     w = aux(single)
