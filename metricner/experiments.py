@@ -139,6 +139,7 @@ sources' training documents, the targets' few-shot training documents. Measured 
 PROFILE_DEFAULTS = {
     'paper': dict(backbone='bert-base-uncased', mode='adapter',
                   **PAPER_EVENT_RECORDS,
+                  ce_share=PAPER_CE_SHARE,  # measured with bert-base-uncased's vocabulary, so exact for this profile too
                   source_train=dict(lr=1e-4, batch_size=64, micro_batch_size=8, min_epochs=100, max_epochs=1000, patience=20),
                   target_train=dict(lr=1e-4, batch_size=16, micro_batch_size=8, min_epochs=80, max_epochs=1000, patience=20)),
     'cpu': dict(backbone=None, mode='full', max_length=256,
