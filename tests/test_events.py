@@ -142,3 +142,19 @@ def test_papers_records_of_the_pooled_source(data_dir):
     assert all(r.event is not None for r in records)
     sentences = record_sentences(records[:2000], docs, self_text=False)
     assert all(s.count('(self)') == 1 for s in sentences)
+
+
+@pytest.mark.slow
+def test_a_run_records_how_its_event_records_were_made(tmp_path, monkeypatch, data_dir):
+    "A smoke EG+ED run with the paper's event records and MS weights: the record says both."
+    from metricner.experiments import PAPER_EVENT_RECORDS, ExperimentConfig, StageCache, run_experiment
+    monkeypatch.setenv('METRICNER_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setenv('METRICNER_DATA', str(data_dir))
+    config = ExperimentConfig(target='bc5cdr', source='pc', setting='eg_ed', profile='smoke', out_dir=str(tmp_path / 'run'),
+                              ce_share={'pc': 0.5, 'bc5cdr': 0.4}, **PAPER_EVENT_RECORDS)
+    record = run_experiment(config, StageCache(tmp_path / 'stages'))
+    aux = record['stage1']['aux_similarity']
+    assert (aux['self_text'], aux['equivalences'], aux['drop_unlabelled'], aux['dropped_types']) == (False, False, True, ['Simple_chemical'])
+    assert aux['dropped_arguments'] > 0
+    assert record['stage1']['ms_weight'] == pytest.approx(1.2 / 0.5) and record['stage2']['ms_weight'] == pytest.approx(0.1 / 0.4)
+    assert record['config']['event_self_text'] is False and record['config']['ce_share'] == {'pc': 0.5, 'bc5cdr': 0.4}
