@@ -5,6 +5,7 @@
 # %% ../nbs/00b_corpora.ipynb #4b17d693
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from .paths import default_data_dir
 from .readers import CorpusNotFoundError, Document, FORMATS, read_splits, SPLITS
 
 # %% auto #0
-__all__ = ['CHEMDNER_CLASSES', 'BUILTIN_CORPORA', 'POOLED_SOURCES', 'CorpusSource', 'corpus_names', 'parse_corpus', 'Corpus',
-           'load_corpus', 'corpus_stats', 'format_stats']
+__all__ = ['CHEMDNER_CLASSES', 'BUILTIN_CORPORA', 'POOLED_SOURCES', 'READINGS', 'CorpusSource', 'corpus_names', 'parse_corpus',
+           'Corpus', 'load_corpus', 'corpus_stats', 'format_stats']
 
 # %% ../nbs/00b_corpora.ipynb #b8bcdad5
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class CorpusSource:
     few_shot: tuple[float, int] | None = None  # the paper's sampler: (fraction, divisor)
     test_from: str = 'test'  # the raw split that serves as test
     carve_dev: int = 0  # documents carved from train as dev (when the release has no usable dev split)
+    first_documents: int | None = None  # read only the first N documents of each split (train, dev carved from train, test)
     source_like_types: tuple[str, ...] | None = None  # unlabelled types that are source-domain entities; None: every unlabelled type
 
 # %% ../nbs/00b_corpora.ipynb #5c26d36d
@@ -44,9 +46,11 @@ BUILTIN_CORPORA = {
                                         'BioCreative-V-CDR-Corpus/CDR_Data/CDR_Data/CDR.Corpus.v010516'),
                            include_types=('Chemical',), few_shot=(0.2, 2), source_like_types=('Disease',)),
     'drugprot': CorpusSource('drugprot', ('drugprot', 'drugprot-gs-training-development'), include_types=('CHEMICAL',),
-                             few_shot=(0.2, 2), test_from='dev', carve_dev=750, source_like_types=('GENE',)),
+                             few_shot=(0.2, 2), test_from='dev', carve_dev=750, source_like_types=('GENE',), first_documents=600),
 }
 POOLED_SOURCES = {'all': ('pc', 'cg', 'id')}
+READINGS = {'drugprot-full': ('drugprot', dict(first_documents=None))}
+"Other readings of a built-in corpus's files: name → (the built-in corpus, the `CorpusSource` values that differ)."
 
 # %% ../nbs/00b_corpora.ipynb #af2b6f67
 def corpus_names() -> list[str]:  # the built-in corpora, then the pooled sources
@@ -66,12 +70,13 @@ def parse_corpus(spec: str,  # a built-in name (`pc`, `chemdner`, ...) or `FORMA
                  data_dir: Path | None = None,  # where the built-in corpora are (default: `default_data_dir()`)
                 ) -> tuple[CorpusSource, Path]:  # how to read the corpus, and its folder
     "A built-in name or a `FORMAT:DIR` spec → (source description, folder)."
-    if spec in BUILTIN_CORPORA:
-        source = BUILTIN_CORPORA[spec]
-        return source, _locate(spec, source, Path(data_dir or default_data_dir()))
+    if spec in BUILTIN_CORPORA or spec in READINGS:
+        base, changes = READINGS.get(spec, (spec, {}))
+        source = dataclasses.replace(BUILTIN_CORPORA[base], **changes)
+        return source, _locate(base, source, Path(data_dir or default_data_dir()))
     fmt, sep, folder = spec.partition(':')
     if not sep or fmt not in FORMATS:
-        raise ValueError(f'unknown corpus {spec!r}: use one of {", ".join(corpus_names())} '
+        raise ValueError(f'unknown corpus {spec!r}: use one of {", ".join([*corpus_names(), *READINGS])} '
                          f'or FORMAT:DIR with FORMAT one of {", ".join(FORMATS)}')
     return CorpusSource(fmt, (folder,)), Path(folder).expanduser()
 
@@ -107,8 +112,10 @@ def _carve_dev(train: list[Document], n: int) -> tuple[list[Document], list[Docu
 def _arrange_splits(raw: dict[str, list[Document]], source: CorpusSource) -> dict[str, list[Document]]:
     splits = {'train': raw.get('train', []), 'dev': raw.get('dev', []), 'test': raw.get(source.test_from, [])}
     if source.test_from == 'dev': splits['dev'] = []
-    if source.carve_dev: splits['train'], splits['dev'] = _carve_dev(splits['train'], source.carve_dev)
-    return splits
+    n = source.first_documents
+    if n and source.carve_dev: splits['train'], splits['dev'] = splits['train'][:n], splits['train'][n:2 * n]  # dev: the next n
+    elif source.carve_dev: splits['train'], splits['dev'] = _carve_dev(splits['train'], source.carve_dev)
+    return {s: docs[:n] for s, docs in splits.items()} if n else splits
 
 
 def _label_types(splits, include, exclude) -> tuple[str, ...]:

@@ -5,6 +5,7 @@
 # %% ../nbs/02_events.ipynb #4667cc75
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -21,9 +22,10 @@ from .readers import Document
 from .corpora import Corpus
 
 # %% auto #0
-__all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'entity_key', 'EventRecord', 'event_records', 'default_text_encoder_path',
-           'SentenceEncoder', 'cached_encode', 'concat_vectors', 'default_templates_path', 'EventTemplates',
-           'event_sentence', 'record_sentences', 'sentence_vectors', 'AuxSimilarity', 'build_aux_similarity']
+__all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'PAPER_RECORDS', 'OLDER_RECORDS', 'entity_key', 'EventRecord', 'event_records',
+           'drop_arguments', 'default_text_encoder_path', 'SentenceEncoder', 'cached_encode', 'concat_vectors',
+           'default_templates_path', 'EventTemplates', 'event_sentence', 'record_sentences', 'sentence_vectors',
+           'AuxSimilarity', 'build_aux_similarity', 'type_separation']
 
 # %% ../nbs/02_events.ipynb #cfbaf446
 def entity_key(text: str  # an entity's surface string, as written in a document
@@ -45,7 +47,7 @@ class EventRecord:
 # %% ../nbs/02_events.ipynb #5025efc5
 def event_records(docs: list[Document],  # documents with mentions, events and equivalences
                   types,  # entity types that get records (the corpus's labels)
-                  equivalences: bool = True  # also one record per `*  Equiv` group a labelled entity is in
+                  equivalences: bool = True  # also one record per `*  Equiv` group a labelled entity is in (False: the paper's code)
                  ) -> list[EventRecord]:  # in document order, then event order
     "Every participation of an entity of a label type in an event (and, optionally, in an equivalence group)."
     types, records = set(types), []
@@ -59,6 +61,22 @@ def event_records(docs: list[Document],  # documents with mentions, events and e
                 for ref in group:
                     if ref in labelled: records.append(EventRecord(entity_key(labelled[ref].text), doc.id, None, group=group))
     return records
+
+# %% ../nbs/02_events.ipynb #9b572934
+def drop_arguments(docs: list[Document],  # documents with events
+                   drop  # mention types whose event arguments are removed
+                  ) -> tuple[list[Document], int]:  # the documents with those arguments removed, and how many were removed
+    "The documents with every event argument that is a mention of a type in `drop` removed (events themselves are kept)."
+    drop, removed, out = set(drop), 0, []
+    for doc in docs:
+        dropped_ids = {m.id for m in doc.mentions if m.type in drop}
+        events = []
+        for event in doc.events:
+            kept = tuple(a for a in event.arguments if a[1] not in dropped_ids)
+            removed += len(event.arguments) - len(kept)
+            events.append(dataclasses.replace(event, arguments=kept) if len(kept) < len(event.arguments) else event)
+        out.append(dataclasses.replace(doc, events=events))
+    return out, removed
 
 # %% ../nbs/02_events.ipynb #1e54ebf2
 def default_text_encoder_path() -> Path:  # the folder of the model
@@ -232,32 +250,34 @@ def event_sentence(event,  # the event to write
                    doc: str,  # id of its document
                    index: _DocumentIndex,  # the documents' mentions and events by id
                    templates: EventTemplates,  # the sentence templates
-                   self_slot: int = -1,  # the argument written `X (self)`; -1: none
+                   self_slot: int = -1,  # the argument that is the record's own entity; -1: none
+                   self_text: bool = True,  # write that argument `X (self)` (True) or `(self)` alone (False: the paper's code)
                    depth: int = 0  # nesting depth so far (a guard against cycles)
                   ) -> str:
-    "The sentence of one event, with the argument at `self_slot` written `X (self)` and nested events inlined."
+    "The sentence of one event, with the argument at `self_slot` marked `(self)` and nested events inlined."
     if depth > 10: raise ValueError(f'document {doc}: events nested more than 10 deep at {event.id} (a cycle?)')
     roles: dict[str, list[str]] = {}
     for position, (role, ref) in enumerate(event.arguments):
         if ref in index.events[doc]:
-            nested = event_sentence(index.events[doc][ref], doc, index, templates, -1, depth + 1)
+            nested = event_sentence(index.events[doc][ref], doc, index, templates, -1, self_text, depth + 1)
             phrase = 'the event in which ' + nested[0].lower() + nested[1:-1]
-        else:
-            phrase = index.texts[doc][ref] + (' (self)' if position == self_slot else '')
+        elif position == self_slot: phrase = f'{index.texts[doc][ref]} (self)' if self_text else '(self)'
+        else: phrase = index.texts[doc][ref]
         roles.setdefault(role, []).append(phrase)
     return templates.sentence(event.type, index.texts[doc].get(event.trigger, ''), roles, _modifiers(event))
 
 # %% ../nbs/02_events.ipynb #9d9a1f55
 def record_sentences(records: list[EventRecord],  # the records to write
                      docs: list[Document],  # the documents the records come from
-                     templates: EventTemplates | None = None  # default: the bundled templates
+                     templates: EventTemplates | None = None,  # default: the bundled templates
+                     self_text: bool = True  # the record's entity written `X (self)` (True) or `(self)` (False: the paper's code)
                     ) -> list[str]:  # one sentence per record
     "The sentEnc sentence of every record."
     index, templates = _DocumentIndex(docs), templates or EventTemplates()
     def sentence(r: EventRecord) -> str:
         if r.event is None:
             return ' and '.join(index.texts[r.doc][m] for m in r.group) + ' name the same entity.'
-        return event_sentence(index.events[r.doc][r.event], r.doc, index, templates, r.slot)
+        return event_sentence(index.events[r.doc][r.event], r.doc, index, templates, r.slot, self_text)
     return [sentence(r) for r in records]
 
 # %% ../nbs/02_events.ipynb #e0e15346
@@ -265,10 +285,11 @@ def sentence_vectors(records,  # the records to embed
                      docs,  # the documents the records come from
                      encoder,  # a sentence encoder: strings → [n, d]
                      templates=None,  # default: the bundled templates
-                     cache_dir=None  # where encodings are cached; default: `default_cache_dir()`
+                     cache_dir=None,  # where encodings are cached; default: `default_cache_dir()`
+                     self_text: bool = True  # the record's entity written `X (self)` (True) or `(self)` (False: the paper's code)
                     ) -> torch.Tensor:  # [records, d]
     "The sentEnc vector of every record (each distinct sentence encoded once)."
-    sentences = record_sentences(records, docs, templates)
+    sentences = record_sentences(records, docs, templates, self_text)
     unique = sorted(set(sentences))
     table = dict(zip(unique, cached_encode(encoder, unique, cache_dir)))
     return torch.stack([table[s] for s in sentences])
@@ -299,7 +320,8 @@ class AuxSimilarity:
                  record_entities: list[str],  # the entity key of each record
                  vectors: torch.Tensor,  # [records, d] the record vectors
                  reduce: str = 'max',  # over the record pairs of two entities: 'max' (the paper) or 'mean'
-                 budget_mib: float = 1024  # largest entity × entity matrix to precompute; above it, per batch
+                 budget_mib: float = 1024,  # largest entity × entity matrix to precompute; above it, per batch
+                 info: dict | None = None  # how the records were made, reported by `stats`
                 ):
         if reduce not in ('max', 'mean'): raise ValueError(f"reduce must be 'max' or 'mean', not {reduce!r}")
         self.keys = sorted(set(record_entities))
@@ -307,6 +329,7 @@ class AuxSimilarity:
         self.owners = torch.tensor([self.index[k] for k in record_entities], dtype=torch.long)
         self.vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
         self.reduce, self.lookups, self.without_records = reduce, 0, 0
+        self.info = dict(info or {})
         fits = len(self.keys) ** 2 * 4 / 2 ** 20 <= budget_mib
         self.matrix = self._pairwise(self.vectors, self.owners, len(self.keys)) if fits else None
 
@@ -337,11 +360,15 @@ class AuxSimilarity:
     def stats(self) -> dict:
         "Coverage figures for the run record."
         return {'entities_with_records': len(self.keys), 'records': len(self.owners), 'lookups': self.lookups,
-                'lookups_without_records': self.without_records, 'reduce': self.reduce, 'dense': self.matrix is not None}
+                'lookups_without_records': self.without_records, 'reduce': self.reduce, 'dense': self.matrix is not None, **self.info}
 
 # %% ../nbs/02_events.ipynb #b4354bfb
 PARADIGMS = ('concat', 'sentenc')
 "The two ways a record becomes a vector."
+PAPER_RECORDS = dict(self_text=False, equivalences=False, drop_unlabelled=True)
+"How the paper's code makes event records: `(self)` alone, `E` lines only, chemical (unlabelled) arguments dropped."
+OLDER_RECORDS = dict(self_text=True, equivalences=True, drop_unlabelled=False)
+"This package's first choices, the defaults of `build_aux_similarity` (the `cpu` profile keeps them)."
 
 # %% ../nbs/02_events.ipynb #66dbf61d
 def build_aux_similarity(corpus: Corpus,  # a source corpus with event annotations
@@ -350,16 +377,49 @@ def build_aux_similarity(corpus: Corpus,  # a source corpus with event annotatio
                          reduce: str = 'max',  # 'max' or 'mean' over record pairs
                          seed: int = 0,  # seed of the concat paradigm's random vectors
                          split: str = 'train',  # the split whose documents give the records
-                         equivalences: bool = True,  # equivalence groups make records too
+                         equivalences: bool = True,  # equivalence groups make records too (False: the paper's code)
                          cache_dir=None,  # where encodings are cached; default: `default_cache_dir()`
-                         templates=None  # sentEnc templates; default: the bundled ones
+                         templates=None,  # sentEnc templates; default: the bundled ones
+                         self_text: bool = True,  # sentEnc writes the record's entity `X (self)` (True) or `(self)` (False: the paper's code)
+                         drop_unlabelled: bool = False  # remove event arguments whose mention type is not a label (True: the paper's code)
                         ) -> AuxSimilarity:
     "Auxiliary similarity of the label-type entities of `corpus[split]`, from their event records."
     if paradigm not in PARADIGMS: raise ValueError(f'events paradigm must be one of {PARADIGMS}, not {paradigm!r}')
-    docs = corpus[split]
+    docs, dropped_types, removed = corpus[split], [], 0
+    if drop_unlabelled:
+        dropped_types = sorted({m.type for d in docs for m in d.mentions} - set(corpus.types))
+        docs, removed = drop_arguments(docs, dropped_types)
     records = event_records(docs, corpus.types, equivalences)
     if not records: raise ValueError(f'corpus {corpus.name!r} has no events in its {split} split: entity grouping needs event annotations')
     encoder = encoder or SentenceEncoder()
     if paradigm == 'concat': vectors = concat_vectors(records, docs, encoder, seed, cache_dir)
-    else: vectors = sentence_vectors(records, docs, encoder, templates, cache_dir)
-    return AuxSimilarity([r.entity for r in records], vectors, reduce)
+    else: vectors = sentence_vectors(records, docs, encoder, templates, cache_dir, self_text)
+    info = {'paradigm': paradigm, 'self_text': self_text, 'equivalences': equivalences, 'drop_unlabelled': drop_unlabelled,
+            'dropped_types': dropped_types, 'dropped_arguments': removed}
+    return AuxSimilarity([r.entity for r in records], vectors, reduce, info=info)
+
+# %% ../nbs/02_events.ipynb #3925f15c
+def type_separation(aux: AuxSimilarity,  # the auxiliary similarity to check
+                    docs: list[Document],  # the documents whose entities are compared (those the records came from)
+                    types,  # the label types
+                    among=None  # only these entity keys (e.g. those with records under two ways of making them); None: all
+                   ) -> dict:  # entity counts, mean w of same- and cross-type pairs, ROC AUC of w for same type
+    "How well w separates same-type from cross-type pairs of distinct entities that have records."
+    from sklearn.metrics import roc_auc_score
+    seen: dict[str, set] = {}
+    for d in docs:
+        for m in d.mentions:
+            if m.type in types: seen.setdefault(entity_key(m.text), set()).add(m.type)
+    single = sorted(k for k, t in seen.items() if len(t) == 1 and k in aux.index and (among is None or k in among))
+    type_ids = {t: i for i, t in enumerate(sorted(types))}
+    labels = torch.tensor([type_ids[next(iter(seen[k]))] for k in single])
+    w = aux(single)
+    upper = torch.triu(torch.ones(len(single), len(single), dtype=torch.bool), diagonal=1)
+    same = (labels[:, None] == labels[None, :])[upper]
+    values = w[upper]
+    return {'entities': len(seen), 'entities_with_records': sum(k in aux.index for k in seen),
+            'several_types': sum(len(t) > 1 for t in seen.values()), 'measured': len(single),
+            'same_pairs': int(same.sum()), 'cross_pairs': int((~same).sum()),
+            'mean_w_same': float(values[same].mean()) if same.any() else float('nan'),
+            'mean_w_cross': float(values[~same].mean()) if (~same).any() else float('nan'),
+            'auc': float(roc_auc_score(same.numpy(), values.numpy())) if 0 < int(same.sum()) < len(same) else float('nan')}

@@ -29,22 +29,25 @@ from seqeval.metrics.sequence_labeling import get_entities
 import metricner
 from .paths import PROJECT_ROOT, default_cache_dir, default_results_dir
 from .corpora import Corpus, POOLED_SOURCES, load_corpus, parse_corpus
+from .corpora import READINGS, corpus_names
 from .units import tag_documents
 from .sampling import FewShotSample, sample_paper, sample_random
 from .backbone import build_tiny_backbone
 from .tagger import MODES, Tagger, load_tagger, predict, save_tagger
 from .events import PARADIGMS, SentenceEncoder, build_aux_similarity
+from .events import OLDER_RECORDS, PAPER_RECORDS
 from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS, MultiSimilarityLoss
 from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document_counts, evaluate, pseudo_labels,
                                 source_false_positives, train_stage, unit_entity_features)
 
 # %% auto #0
-__all__ = ['SETTINGS', 'PROFILES', 'STAGES', 'PROFILE_DEFAULTS', 'NESTED_KEYS', 'PARAMETERS', 'RESULT_MODULES', 'Setting',
-           'config_field', 'ExperimentConfig', 'check_known', 'run_device', 'check_config', 'resolve', 'Parameter',
-           'config_from_parameters', 'result_files', 'source_digest', 'file_digest', 'code_fingerprint',
-           'corpus_fingerprint', 'git_commit', 'source_stage_inputs', 'source_stage_key', 'StageCache',
-           'few_shot_sample', 'target_data', 'backbone_path', 'source_stage', 'write_analysis_files', 'default_out_dir',
-           'write_json_atomically', 'save_run_model', 'run_experiment']
+__all__ = ['SETTINGS', 'PROFILES', 'STAGES', 'PAPER_EVENT_RECORDS', 'OLDER_EVENT_RECORDS', 'PAPER_CE_SHARE', 'PROFILE_DEFAULTS',
+           'NESTED_KEYS', 'PARAMETERS', 'RESULT_MODULES', 'Setting', 'config_field', 'ExperimentConfig', 'check_known',
+           'run_device', 'check_config', 'ms_weight', 'resolve', 'Parameter', 'config_from_parameters', 'result_files',
+           'source_digest', 'file_digest', 'code_fingerprint', 'corpus_fingerprint', 'git_commit',
+           'source_stage_inputs', 'source_stage_key', 'StageCache', 'few_shot_sample', 'target_data', 'backbone_path',
+           'source_stage', 'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'save_run_model',
+           'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ SETTINGS = {s.name: s for s in (  # in the order of the paper's tables
 "The settings of the paper by name: the one place that says what each setting does."
 
 # %% ../nbs/05_experiments.ipynb #dc418148
-PROFILES = ('smoke', 'cpu', 'paper')
+PROFILES = ('smoke', 'cpu', 'paper', 'converged')
 "The profiles, from seconds on a tiny model to the paper's regime; `PROFILE_DEFAULTS` holds their values."
 
 # %% ../nbs/05_experiments.ipynb #4f68d565
@@ -107,9 +110,13 @@ class ExperimentConfig:
     max_length: int | None = config_field(None, 'both')  # sub-tokens per window; None: the profile's
     lambda_src: float = config_field(1.2, 'grouping')  # weight of the MS term of entity grouping
     lambda_tgt: float = config_field(0.1, 'target')  # weight of the MS term of entity discrimination
+    ce_share: dict = config_field({}, 'both')  # per corpus, the labelled share of the paper's CE positions: λ is the paper's and the MS weight applied is λ / share; {}: λ as given
     ms_source: dict = config_field(PAPER_SOURCE_MS, 'grouping')  # MS hyperparameters of stage 1
     ms_target: dict = config_field(PAPER_TARGET_MS, 'target')  # MS hyperparameters of stage 2
     aux_reduce: str = config_field('max', 'grouping', choices=('max', 'mean'))  # how two entities' record similarities combine
+    event_self_text: bool | None = config_field(None, 'grouping')  # sentEnc writes an entity's own slot 'X (self)' (True) or '(self)' (False: the paper's code); None: the profile's
+    event_equivalences: bool | None = config_field(None, 'grouping')  # `*` Equiv groups make event records too (False: E lines only, the paper's code); None: the profile's
+    event_drop_unlabelled: bool | None = config_field(None, 'grouping')  # drop event arguments of the source's unlabelled (chemical) types (True: the paper's code); None: the profile's
     event_encoder: str | None = config_field(None, 'grouping')  # text encoder of the event records; None: the bundled MiniLM
     source_train: dict = config_field({}, 'source')  # TrainConfig values of stage 1, over the profile's
     target_train: dict = config_field({}, 'target')  # TrainConfig values of stage 2, over the profile's
@@ -125,16 +132,32 @@ class ExperimentConfig:
     out_dir: str | Path | None = config_field(None, 'run')  # where metrics.json goes; None: `default_out_dir`
 
 # %% ../nbs/05_experiments.ipynb #c82d23c6
+PAPER_EVENT_RECORDS = {f'event_{k}': v for k, v in PAPER_RECORDS.items()}  # how the paper's code makes event records
+OLDER_EVENT_RECORDS = {f'event_{k}': v for k, v in OLDER_RECORDS.items()}  # this package's first choices
+PAPER_CE_SHARE = dict(all=0.557, pc=0.511, cg=0.537, id=0.676, chemdner=0.508, bc5cdr=0.408, drugprot=0.563,
+                      **{'drugprot-full': 0.569})
+"""Labelled share of the positions of the paper's CE (documents cut or padded to 512 sub-tokens), per corpus: the
+sources' training documents, the targets' few-shot training documents. Measured on the method and fidelity page."""
 PROFILE_DEFAULTS = {
     'paper': dict(backbone='bert-base-uncased', mode='adapter',
+                  **PAPER_EVENT_RECORDS,
+                  ce_share=PAPER_CE_SHARE,  # measured with bert-base-uncased's vocabulary, so exact for this profile too
                   source_train=dict(lr=1e-4, batch_size=64, micro_batch_size=8, min_epochs=100, max_epochs=1000, patience=20),
                   target_train=dict(lr=1e-4, batch_size=16, micro_batch_size=8, min_epochs=80, max_epochs=1000, patience=20)),
     'cpu': dict(backbone=None, mode='full', max_length=256,
+                **OLDER_EVENT_RECORDS,  # kept as the published cpu grid was made
                 source_train=dict(lr=1e-4, batch_size=16, min_epochs=2, max_epochs=4, patience=2),
                 target_train=dict(lr=1e-4, batch_size=8, min_epochs=15, max_epochs=30, patience=8, max_steps=1000)),
     'smoke': dict(backbone='tiny', mode='full', max_length=64, max_documents={'train': 6, 'dev': 3, 'test': 6},
+                  **OLDER_EVENT_RECORDS,
                   source_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1),
                   target_train=dict(lr=3e-3, batch_size=4, min_epochs=1, max_epochs=2, patience=1)),
+    # The paper's regime on the bundled MiniLM: adapters, whole documents of 512 sub-tokens, the paper's batches and lr,
+    # both stages stopped by patience (20, as the paper) with caps that should never bind. The calibration runs of
+    # issue #17 (section 3) may change the regime (adapters or full fine-tuning, lr, epochs).
+    'converged': dict(backbone=None, mode='adapter', max_length=512, **PAPER_EVENT_RECORDS, ce_share=PAPER_CE_SHARE,
+                      source_train=dict(lr=1e-4, batch_size=64, micro_batch_size=16, min_epochs=20, max_epochs=1000, patience=20),
+                      target_train=dict(lr=1e-4, batch_size=16, min_epochs=20, max_epochs=1000, patience=20)),
 }
 
 # %% ../nbs/05_experiments.ipynb #4e10e73e
@@ -156,7 +179,8 @@ _SET_BY_THE_RUN = {'seed': 'seed', 'ms': 'ms_source or ms_target', 'ms_weight': 
 _TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SET_BY_THE_RUN)
 
 NESTED_KEYS = {'ms_source': tuple(PAPER_SOURCE_MS), 'ms_target': tuple(PAPER_TARGET_MS), 'source_train': _TRAIN_KEYS,
-               'target_train': _TRAIN_KEYS, 'max_documents': ('train', 'dev', 'test')}
+               'target_train': _TRAIN_KEYS, 'max_documents': ('train', 'dev', 'test'),
+               'ce_share': (*corpus_names(), *READINGS)}
 "The keys that each mapping of a configuration may hold."
 
 # %% ../nbs/05_experiments.ipynb #ec3f3d78
@@ -182,6 +206,8 @@ def _check_nested(name: str, mapping: dict) -> None:
         if name.startswith('ms_') and not _accepts(float, value): raise ValueError(f'{name}.{key} must be a number, not {value!r}')
         if name == 'max_documents' and not (_accepts(int, value) and value >= 1):
             raise ValueError(f'{name}.{key} must be a positive whole number, not {value!r}')
+        if name == 'ce_share' and not (_accepts(float, value) and 0 < value <= 1):
+            raise ValueError(f'{name}.{key} must be a share, above 0 and at most 1, not {value!r}')
 
 
 def _check_fields(config) -> None:
@@ -219,6 +245,18 @@ def check_config(config: ExperimentConfig) -> None:
     if config.few_shot_k is not None and config.few_shot_k < 1: raise ValueError(f'few_shot_k must be at least 1, not {config.few_shot_k}')
     run_device(config)  # an impossible device
 
+# %% ../nbs/05_experiments.ipynb #86ba8bde
+def ms_weight(config: ExperimentConfig,  # a configuration (resolved, or with `ce_share` set)
+              stage: str  # 'source' (entity grouping: λ_src) or 'target' (entity discrimination: λ_tgt)
+             ) -> float:  # the weight of the stage's MS term against the clean CE
+    "λ_src or λ_tgt, divided by the labelled share of the stage's corpus when `ce_share` gives shares."
+    value, corpus = (config.lambda_src, config.source) if stage == 'source' else (config.lambda_tgt, config.target)
+    if not config.ce_share: return value
+    if corpus not in config.ce_share:
+        raise ValueError(f'ce_share has no labelled share for the {stage} corpus {corpus!r}: give one with --set ce_share.{corpus}=SHARE, '
+                         f'or use a profile without ce_share')
+    return value / config.ce_share[corpus]
+
 # %% ../nbs/05_experiments.ipynb #5c347522
 def resolve(config: ExperimentConfig) -> ExperimentConfig:
     "Check the configuration (reading no data) and fill in the profile's values; explicit values win."
@@ -231,6 +269,8 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
         try: TrainConfig(**getattr(out, stage))
         except ValueError as error: raise ValueError(f'{stage}: {error}') from None
     if out.few_shot == 'random' and out.few_shot_seed is None: out.few_shot_seed = out.seed  # recorded as drawn
+    for stage, used in (('source', SETTINGS[out.setting].grouping), ('target', SETTINGS[out.setting].discrimination)):
+        if used: ms_weight(out, stage)  # a corpus without a labelled share fails here, before any data is read
     return out
 
 # %% ../nbs/05_experiments.ipynb #99ab1ab9
@@ -260,11 +300,12 @@ def _config_field(name: str) -> dataclasses.Field: return {f.name: f for f in da
 
 # %% ../nbs/05_experiments.ipynb #4b3aa0a0
 PARAMETERS = (
-    Parameter('target', 'target corpus: chemdner, bc5cdr, drugprot or FORMAT:DIR'),
+    Parameter('target', 'target corpus: chemdner, bc5cdr, drugprot (the first 600 abstracts of each split, as the paper), drugprot-full or FORMAT:DIR'),
     Parameter('source', 'source corpus: pc, cg, id, all or FORMAT:DIR'),
     Parameter('setting', 'which setting of the paper: ' + ', '.join(f'{s.name} ({s.label})' for s in SETTINGS.values())),
     Parameter('events', 'event paradigm of entity grouping'),
-    Parameter('profile', "smoke (seconds, a tiny model), cpu (a 2-core machine) or paper (the paper's regime)"),
+    Parameter('profile', "smoke (seconds, a tiny model), cpu (a 2-core machine), paper (the paper's regime) or converged "
+                         "(the paper's regime on the bundled MiniLM, stopped by patience)"),
     Parameter('seed', 'seed of training', kind=int),
     Parameter('backbone', "encoder path or cached Hub id (default: the profile's)"),
     Parameter('out_dir', 'output folder for metrics.json (default: results/runs/...)', flag='--out'),
@@ -484,7 +525,7 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
     dev, _ = _units(source, 'dev', config)
     grouping = SETTINGS[config.setting].grouping
     backbone = backbone_path(config, [train, dev])
-    train_config = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': config.lambda_src if grouping else 0.0})
+    train_config = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': ms_weight(config, 'source') if grouping else 0.0})
     key = source_stage_key(config, backbone)
     device = run_device(config)
     cached = cache.load(key)
@@ -495,14 +536,16 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
     metric, aux_stats = None, None
     if grouping:  # event records of the training documents actually used (all of them, except in smoke slices)
         used = Corpus(source.name, {'train': source['train'][:config.max_documents.get('train')]}, source.types)
-        aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder, device=device), config.aux_reduce, seed=config.seed)
+        aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder, device=device), config.aux_reduce, seed=config.seed,
+                                   self_text=config.event_self_text, equivalences=config.event_equivalences,
+                                   drop_unlabelled=config.event_drop_unlabelled)
         metric = TypeGrouping(aux)
     torch.manual_seed(config.seed)
     tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
     loss = MultiSimilarityLoss(**config.ms_source) if grouping else None
     tagger, history = train_stage(tagger, train, dev, train_config, entities=metric, loss=loss, description=f'stage 1: {config.source}')
     if grouping: aux_stats = metric.aux.stats()
-    info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats,
+    info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats, 'ms_weight': train_config.ms_weight,
             'seconds': time.perf_counter() - started, 'documents': {'train': len(train), 'dev': len(dev)},
             'parameters': tagger.parameter_counts()}
     cache.save(key, tagger, info)
@@ -599,7 +642,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
         torch.manual_seed(config.seed)
         tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
     stage2_config = TrainConfig(**{**config.target_train, 'seed': config.seed,
-                                   'ms_weight': config.lambda_tgt if metric is not None else 0.0})
+                                   'ms_weight': ms_weight(config, 'target') if metric is not None else 0.0})
     loss = MultiSimilarityLoss(**config.ms_target) if metric is not None else None
     tagger, history = train_stage(tagger, units['train'], units['dev'], stage2_config, entities=metric, loss=loss,
                                   description=f'stage 2: {config.target}')
@@ -624,7 +667,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
                         'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None},
         'timings_s': timings, 'data': data_info,
         'sizes': {'target_labels': len(target.labels), 'parameters': tagger.parameter_counts()},
-        'stage1': stage1, 'stage2': {'history': history}, 'files': analysis,
+        'stage1': stage1, 'stage2': {'history': history, 'ms_weight': stage2_config.ms_weight}, 'files': analysis,
     }
     write_json_atomically(out_dir / 'metrics.json', record)
     log(f'{config.setting} {config.source if setting.source_stage else ""}→{config.target}: '

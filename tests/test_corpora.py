@@ -1,7 +1,7 @@
-"Counts of the six real corpora, checked against the figures in shared/corpora/README.md."
+"Counts of the six real corpora, checked against the figures in shared/corpora/README.md or counted from the files."
 import pytest
 
-from metricner.corpora import corpus_stats, load_corpus
+from metricner.corpora import corpus_stats, load_corpus, parse_corpus
 from metricner.units import AlignmentReport, tag_documents
 from metricner.sampling import sample_paper
 
@@ -64,19 +64,48 @@ def test_label_policies(data_dir):
     assert load_corpus('bc5cdr', data_dir).types == ('Chemical',)
 
 
-def test_drugprot_splits(data_dir):
+def _abstract_ids(folder, split):
+    "PMIDs of a DrugProt abstracts file, in file order, read straight from the file."
+    path = next(folder.rglob(f'*_{split}_abstracs.tsv'))
+    return [line.split('\t', 1)[0] for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+
+
+def _chemicals(folder, split, pmids):
+    "CHEMICAL rows of a DrugProt entities file whose PMID is in `pmids`, counted straight from the file."
+    path = next(folder.rglob(f'*_{split}_entities.tsv'))
+    rows = (line.split('\t') for line in path.read_text(encoding='utf-8').splitlines() if line.strip())
+    return sum(row[0] in pmids and row[2] == 'CHEMICAL' for row in rows)
+
+
+def test_drugprot_as_the_paper_reads_it(data_dir):
+    "`drugprot`: the first 600 abstracts of the training file as train, the next 600 as dev, the first 600 of the development file as test."
     corpus = load_corpus('drugprot', data_dir)
+    folder = parse_corpus('drugprot', data_dir)[1]
+    training, development = _abstract_ids(folder, 'training'), _abstract_ids(folder, 'development')
+    assert len(training) > 1200 and len(development) > 600  # enough for three splits of 600
+    assert [d.id for d in corpus['train']] == training[:600]
+    assert [d.id for d in corpus['dev']] == training[600:1200]
+    assert [d.id for d in corpus['test']] == development[:600]
     assert corpus.types == ('CHEMICAL',)
-    assert [len(corpus[s]) for s in ('train', 'dev', 'test')] == [2750, 750, 750]
+    for split, file, pmids in (('train', 'training', training[:600]), ('test', 'development', development[:600])):
+        assert sum(m.type == 'CHEMICAL' for d in corpus[split] for m in d.mentions) == _chemicals(folder, file, set(pmids))
+
+
+def test_drugprot_full_reading(data_dir):
+    corpus = load_corpus('drugprot-full', data_dir)
+    folder = parse_corpus('drugprot-full', data_dir)[1]
+    training, development = _abstract_ids(folder, 'training'), _abstract_ids(folder, 'development')
+    assert corpus.types == ('CHEMICAL',)
+    assert [len(corpus[s]) for s in ('train', 'dev', 'test')] == [len(training) - 750, 750, len(development)]
     train, dev, test = ({d.id for d in corpus[s]} for s in ('train', 'dev', 'test'))
-    assert not train & dev and not (train | dev) & test
-    again = load_corpus('drugprot', data_dir)  # deterministic carve
+    assert not train & dev and not (train | dev) & test and train | dev == set(training)
+    again = load_corpus('drugprot-full', data_dir)  # deterministic carve
     assert [d.id for d in again['dev']] == [d.id for d in corpus['dev']]
     # non-target types stay as annotations for analysis
     assert any(m.type.startswith('GENE') for d in corpus['test'] for m in d.mentions)
 
 
-@pytest.mark.parametrize('name', ['pc', 'cg', 'id', 'chemdner', 'bc5cdr', 'drugprot'])
+@pytest.mark.parametrize('name', ['pc', 'cg', 'id', 'chemdner', 'bc5cdr', 'drugprot', 'drugprot-full'])
 def test_every_mention_accounted_for(data_dir, name):
     corpus = load_corpus(name, data_dir)
     report = sum((tag_documents(docs, corpus.types)[1] for docs in corpus.splits.values()), AlignmentReport())
