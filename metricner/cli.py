@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from . import __version__
 from .readers import CorpusFormatError, CorpusNotFoundError
 from .corpora import corpus_names, corpus_stats, format_stats
 from .download import DownloadError, download
-from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_experiment
+from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_device, run_experiment
+from .distributed import init_distributed, launched_by_torchrun, torchrun_command
 
 # %% auto #0
-__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'build_parser',
-           'main']
+__all__ = ['cmd_stats', 'add_run_arguments', 'run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report',
+           'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
@@ -47,12 +49,29 @@ def add_run_arguments(parser: argparse.ArgumentParser,  # the `run` subcommand's
         parser.add_argument(p.option, dest=p.name, default=p.default, type=int if p.kind is int else str, choices=p.choices,
                             help=p.help + default)
 
+# %% ../nbs/07_cli.ipynb #40db60eb
+def run_arguments(parameters: dict,  # parameter name → value, as `cmd_run` collects them
+                 ) -> list[str]:  # `metricner run` options that give the same configuration
+    "The command-line options of a run: what `--nproc` passes on to torchrun, and what `results --commands` prints."
+    out = []
+    for p in PARAMETERS:
+        value = parameters.get(p.name)
+        if p.kind is dict:
+            for key, item in (value or {}).items(): out += [p.option, f'{key}={json.dumps(item)}']
+        elif value is not None and value != p.default:
+            out += [p.option, ','.join(value) if isinstance(value, list) else str(value)]
+    return out
+
 # %% ../nbs/07_cli.ipynb #3c825e82
 def cmd_run(args) -> int:
     "`metricner run`: one experiment from the `PARAMETERS` options; writes its metrics.json."
     parameters = {p.name: getattr(args, p.name) for p in PARAMETERS}
     parameters.update({p.name: dict(parameters[p.name] or []) for p in PARAMETERS if p.kind is dict})  # --set pairs
-    run_experiment(config_from_parameters(parameters))
+    config = config_from_parameters(parameters)
+    if args.nproc > 1 and not launched_by_torchrun():  # launch torchrun with the same parameters
+        return subprocess.call(torchrun_command(args.nproc, run_arguments(parameters)))
+    if launched_by_torchrun(): init_distributed(run_device(config))  # one rank of `torchrun ... -m metricner.cli run`
+    run_experiment(config)
     return 0
 
 # %% ../nbs/07_cli.ipynb #0d46699d
@@ -104,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser('run', help='run one experiment and write its metrics.json')
     add_run_arguments(run)
+    run.add_argument('--nproc', type=int, default=1, help='train on N processes with DDP (launches torchrun; NCCL on GPUs, gloo on CPUs)')
     run.set_defaults(run=cmd_run)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')

@@ -172,7 +172,8 @@ def tagging_loss(logits: torch.Tensor,  # [B, L, labels]
 def predict_ids(tagger: Tagger,  # the tagger; its training mode is restored afterwards
                 units,  # `TaggedUnit`s (their tags are not read)
                 batch_size: int = 32,  # windows per forward pass
-                progress: bool = False  # show a progress bar
+                progress: bool = False,  # show a progress bar
+                shard: tuple[int, int] = (0, 1)  # `(rank, ranks)`: compute only batches rank, rank + ranks, … (other words stay -1)
                ) -> list[np.ndarray]:  # one array of label ids per unit
     "Label id of every word of every unit (windows merged: each word from the window that owns it)."
     from tqdm.auto import tqdm
@@ -183,7 +184,8 @@ def predict_ids(tagger: Tagger,  # the tagger; its training mode is restored aft
     try:
         batches = tqdm(tagger.batches(windows, batch_size), total=-(-len(windows) // batch_size), desc='predicting',
                        disable=not progress, leave=False)
-        for b in batches:
+        for k, b in enumerate(batches):
+            if k % shard[1] != shard[0]: continue
             logits, _ = tagger(b.input_ids, b.attention_mask)
             token = logits.argmax(-1)  # [B, L]
             words = token.gather(1, b.word_positions.clamp(min=0)).cpu().numpy()  # [B, W]
