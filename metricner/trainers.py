@@ -22,11 +22,11 @@ from .units import TaggedUnit
 from .windows import (
     IGNORE, Batch, collate, entity_features, length_batches, span_features, unit_spans_to_batch)
 from .tagger import Tagger, tagging_loss
+from .distributed import (
+    World, all_sum, any_rank, current_world, data_parallel, gather_objects, gather_rows, pass_shares, predict_tags,
+    rank_seed, rank_table)
 from .events import AuxSimilarity, entity_key
 from .losses import MultiSimilarityLoss
-from metricner.distributed import (
-    World, all_sum, any_rank, current_world, data_parallel, gather_objects, gather_rows, pass_shares, predict_tags, rank_seed,
-    rank_table)
 
 # %% auto #0
 __all__ = ['PSEUDO', 'score', 'document_counts', 'overlap_share', 'source_false_positives', 'PseudoLabels', 'pseudo_labels',
@@ -195,7 +195,6 @@ class EntitySelector(Protocol):
                  units: list[TaggedUnit]  # the units the batch's windows index
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], labels [n], aux [n, n] or None
         "The entities' features, their class labels, and their auxiliary similarities (None: none), as the loss takes them."
-
 
 # %% ../nbs/04_trainers.ipynb #f69f1c73
 def _entity_texts(batch, units, spans) -> list[str]:
