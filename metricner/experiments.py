@@ -319,7 +319,9 @@ def result_files(package: Path | None = None,  # the package folder; None: the o
                 ) -> list[Path]:
     "The files that decide results: the result modules' sources and the data they read (the packaged event templates)."
     package = Path(package or Path(metricner.__file__).parent)
-    return [package / f'{name}.py' for name in RESULT_MODULES] + [package / 'resources' / 'event_templates.json']
+    modules = [package / f'{name}.py' for name in RESULT_MODULES]
+    # a copy of an older package (the code of an old record) lacks the modules added since: they did not decide its results
+    return [m for m in modules if m.exists() or package == Path(metricner.__file__).parent] + [package / 'resources' / 'event_templates.json']
 
 # %% ../nbs/05_experiments.ipynb #c96aa0f9
 def _is_docstring(node) -> bool:
