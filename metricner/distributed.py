@@ -107,12 +107,11 @@ def rank_share(n: int,  # items to share
 
 
 def pass_shares(step: list,  # the windows of one optimizer step, in the single-process order
-                micro: int,  # windows per forward pass on each rank
+                micro: int,  # windows per forward pass, over all ranks
                 world: World  # the ranks
                ) -> list[list]:  # this rank's windows of each forward pass (possibly empty)
-    "This rank's share of each forward pass: the step cut into passes of `micro × ranks` windows, each cut into contiguous shares."
-    width = micro * world.size
-    return [step[i:i + width][rank_share(len(step[i:i + width]), world)] for i in range(0, len(step), width)]
+    "This rank's share of each forward pass: the step cut into passes of `micro` windows (as in one process), each cut into contiguous shares."
+    return [step[i:i + micro][rank_share(len(step[i:i + micro]), world)] for i in range(0, len(step), micro)]
 
 # %% ../nbs/04a_distributed.ipynb #dd0085db
 def rank_table(values,  # this rank's integers, e.g. [passes, 2] counts

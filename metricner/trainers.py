@@ -137,7 +137,7 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW's learning rate, constant
     weight_decay: float = 1e-5  # AdamW's weight decay (none on biases and LayerNorm weights)
     batch_size: int = 16  # windows per optimizer step
-    micro_batch_size: int | None = None  # windows per forward pass (gradients accumulated); None: the batch size
+    micro_batch_size: int | None = None  # windows per forward pass (gradients accumulated; shared by the ranks of a distributed run); None: the batch size
     min_epochs: int = 1  # no early stopping before this many epochs
     max_epochs: int = 100  # stop after this many epochs whatever the dev F1
     patience: int = 20  # stop after this many epochs without a dev-F1 gain

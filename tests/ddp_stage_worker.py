@@ -25,8 +25,7 @@ def main(tiny, out):
     train, dev, test = units[:24], units[24:32], units[32:]
     records = AuxSimilarity(['aspirin', 'ibuprofen', 'gene', 'protein', 'aspirin'], torch.randn(5, 8, generator=torch.Generator().manual_seed(1)))
     tagger = Tagger.build(tiny, labels=LABELS, mode='full', seed=0, dropout=0.0)
-    # micro_batch_size is per rank: 2 on each of 2 ranks computes the passes of 4 windows of one process
-    config = TrainConfig(lr=3e-3, batch_size=8, micro_batch_size=4 // world.size, max_epochs=6, patience=6, ms_weight=1.2, progress=False)
+    config = TrainConfig(lr=3e-3, batch_size=8, micro_batch_size=4, max_epochs=6, patience=6, ms_weight=1.2, progress=False)
     tagger, history = train_stage(tagger, train, dev, config, entities=TypeGrouping(records), loss=MultiSimilarityLoss(**PAPER_SOURCE_MS))
     scores, _ = evaluate(tagger, test)
     if world.main: Path(out, f'stage-{world.size}.json').write_text(json.dumps({'history': history, 'test': scores}))

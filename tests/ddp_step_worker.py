@@ -62,14 +62,14 @@ def main(tiny, out):
     dist.init_process_group('gloo')
     world = current_world()
     units = toy_units(12)
-    cases = {'whole batch of 8': (list(range(8)), None, None), 'micro 2 per rank': (list(range(8)), 2, 4),
-             'short pass (empty share)': (list(range(5)), 2, 4)}
+    cases = {'whole batch of 8': (list(range(8)), None), 'passes of 4': (list(range(8)), 4),
+             'passes of 3 (odd shares, an empty one)': (list(range(7)), 3)}
     results = {}
-    for name, (idx, micro, single_micro) in cases.items():
+    for name, (idx, micro) in cases.items():
         ce, ms, grads, params, tagger = step_gradients(tiny, units, idx, micro or len(idx), world, 1.2)
         if world.main:
-            ce1, ms1, grads1, params1, _ = step_gradients(tiny, units, idx, single_micro or len(idx), World(), 1.2)
-            _, _, grads_ce, _, _ = step_gradients(tiny, units, idx, single_micro or len(idx), World(), 0.0)
+            ce1, ms1, grads1, params1, _ = step_gradients(tiny, units, idx, micro or len(idx), World(), 1.2)
+            _, _, grads_ce, _, _ = step_gradients(tiny, units, idx, micro or len(idx), World(), 0.0)
             results[name] = {'ce': [ce, ce1], 'ms': [ms, ms1], 'grad_diff': largest_difference(grads, grads1),
                              'param_diff': largest_difference(params, params1),
                              'ms_grad_effect': largest_difference(grads1, grads_ce),

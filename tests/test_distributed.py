@@ -40,7 +40,7 @@ def test_one_step_over_two_ranks_equals_one_process(tmp_path):
     result = torchrun([str(HERE / 'ddp_step_worker.py')], str(tiny), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads((tmp_path / 'result.json').read_text())
-    for case in ('whole batch of 8', 'micro 2 per rank', 'short pass (empty share)'):
+    for case in ('whole batch of 8', 'passes of 4', 'passes of 3 (odd shares, an empty one)'):
         m = measured[case]
         assert m['ms_grad_effect'] > 0.05 * m['grad_scale'], case  # the MS term moves the gradient: the check is not vacuous
         assert m['grad_diff'] < 1e-5 * max(1.0, m['grad_scale']), (case, m)
