@@ -169,4 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 # %% ../nbs/07_cli.ipynb #7f3f57f9
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals():
+    from torch.distributed.elastic.multiprocessing.errors import record  # under torchrun: a failed rank's traceback in the summary
+    sys.exit(record(main)())
