@@ -206,18 +206,24 @@ def run_grid(runs: list[dict] | None = None,  # grid runs to consider; default t
     if jobs < 1: raise ValueError(f'jobs must be at least 1, not {jobs}')
     nbs = require_checkout('running the grid') / 'nbs'  # the papermill template
     folders = [run_folder(parameters, root) for parameters in todo]
-    if jobs == 1: errors = [(log(f'running {folder}'), _run_cell(parameters, folder, nbs))[1] for parameters, folder in zip(todo, folders)]
+    errors = []
+    if jobs == 1:
+        for parameters, folder in zip(todo, folders):
+            log(f'running {folder}')
+            errors.append(_run_cell(parameters, folder, nbs))
+            if errors[-1]: log(f'FAILED {folder}: {errors[-1]}')
     else:
         context = multiprocessing.get_context('spawn')  # fresh workers: no forked torch or tokenizer state
-        numbers = context.Manager().Queue()
-        for i in range(jobs): numbers.put(i)
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(numbers, jobs)) as pool:
-            futures = [pool.submit(_run_cell, parameters, folder, nbs) for parameters, folder in zip(todo, folders)]
-            for folder in folders: log(f'queued {folder}')
-            errors = [future.result() for future in futures]
+        with context.Manager() as manager:
+            numbers = manager.Queue()  # worker numbers, one per worker: its device
+            for i in range(jobs): numbers.put(i)
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(numbers, jobs)) as pool:
+                futures = [pool.submit(_run_cell, parameters, folder, nbs) for parameters, folder in zip(todo, folders)]
+                for folder in folders: log(f'queued {folder}')
+                for folder, future in zip(folders, futures):
+                    errors.append(future.result())
+                    if errors[-1]: log(f'FAILED {folder}: {errors[-1]}')
     failed = [folder for folder, error in zip(folders, errors) if error]
-    for folder, error in zip(folders, errors):
-        if error: log(f'FAILED {folder}: {error}')
     if failed: raise RuntimeError(f'{len(failed)} grid run(s) failed: ' + ', '.join(map(str, failed)))
     return todo
 
