@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from . import __version__
 from .readers import CorpusFormatError, CorpusNotFoundError
 from .corpora import corpus_names, corpus_stats, format_stats
 from .download import DownloadError, download
-from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_experiment
+from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_arguments, run_device, run_experiment
+from .distributed import init_distributed, launched_by_torchrun, torchrun_command
 
 # %% auto #0
 __all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'cmd_tag',
@@ -55,7 +57,11 @@ def cmd_run(args) -> int:
     "`metricner run`: one experiment from the `PARAMETERS` options; writes its metrics.json."
     parameters = {p.name: getattr(args, p.name) for p in PARAMETERS}
     parameters.update({p.name: dict(parameters[p.name] or []) for p in PARAMETERS if p.kind is dict})  # --set pairs
-    run_experiment(config_from_parameters(parameters))
+    config = config_from_parameters(parameters)
+    if args.nproc > 1 and not launched_by_torchrun():  # launch torchrun with the same parameters
+        return subprocess.call(torchrun_command(args.nproc, run_arguments(parameters)))
+    if launched_by_torchrun(): init_distributed(run_device(config))  # one rank of `torchrun ... -m metricner.cli run`
+    run_experiment(config)
     return 0
 
 # %% ../nbs/07_cli.ipynb #0d46699d
@@ -77,13 +83,16 @@ def cmd_download(args) -> int:
 # %% ../nbs/07_cli.ipynb #a4fa91bd
 def cmd_results(args) -> int:
     "`metricner results`: run the grid cells that are not done, or list their status."
-    from metricner.grid import grid, grid_progress, run_grid# pandas and papermill: only when asked for
+    from metricner.grid import grid, grid_commands, grid_progress, run_grid# pandas and papermill: only when asked for
     if args.status:
         progress = grid_progress(profile=args.profile)
         print(progress.drop(columns=['folder']).to_string(index=False))
         print(', '.join(f'{n} {status}' for status, n in progress.status.value_counts().items()))
         return 0
-    run_grid(grid(args.profile), keep_stale=args.keep_stale, dry_run=args.dry_run)
+    if args.commands:  # one `metricner run` per missing cell, for a scheduler
+        print('\n'.join(grid_commands(grid(args.profile), keep_stale=args.keep_stale)))
+        return 0
+    run_grid(grid(args.profile), keep_stale=args.keep_stale, dry_run=args.dry_run, jobs=args.jobs)
     return 0
 
 # %% ../nbs/07_cli.ipynb #6fdb11df
@@ -125,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser('run', help='run one experiment and write its metrics.json')
     add_run_arguments(run)
+    run.add_argument('--nproc', type=int, default=1, help='train on N processes with DDP (launches torchrun; NCCL on GPUs, gloo on CPUs)')
     run.set_defaults(run=cmd_run)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument('--dry-run', action='store_true', help='say how many runs are to do; run nothing')
     results.add_argument('--keep-stale', action='store_true', help='keep records made with older code instead of re-running them')
     results.add_argument('--profile', default='cpu', choices=PROFILES, help='whose grid (default: cpu)')
+    results.add_argument('--jobs', type=int, default=1, metavar='K', help='run K cells at a time, one device each (default: 1)')
+    results.add_argument('--commands', action='store_true', help='print one `metricner run` command per missing cell '
+                         '(stage-1 producers first), for a SLURM array or GNU parallel; run nothing')
     results.set_defaults(run=cmd_results)
 
     report = commands.add_parser('report', help='build the report site from the committed records (no training)')
@@ -182,4 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 # %% ../nbs/07_cli.ipynb #7f3f57f9
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals():
+    from torch.distributed.elastic.multiprocessing.errors import record  # under torchrun: a failed rank's traceback in the summary
+    sys.exit(record(main)())

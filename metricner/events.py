@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def cached_encode(encoder,  # a text encoder: strings → [n, d]; with an `ident
         except Exception: path.unlink()  # a partial or corrupt entry is rebuilt, never used
     vectors = encoder(texts).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix('.partial')
+    partial = path.with_suffix(f'.partial-{os.getpid()}')  # one per process: runs at the same time never share one
     save_file({'vectors': vectors}, str(partial))
     partial.replace(path)  # atomic: a crash leaves no entry that looks complete
     return vectors

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -33,18 +34,19 @@ from .corpora import READINGS, corpus_names
 from .units import tag_documents
 from .sampling import FewShotSample, sample_paper, sample_random
 from .backbone import build_tiny_backbone
-from .tagger import MODES, Tagger, load_tagger, predict, save_tagger
+from .tagger import MODES, Tagger, load_tagger, save_tagger
 from .events import PARADIGMS, SentenceEncoder, build_aux_similarity
 from .events import OLDER_RECORDS, PAPER_RECORDS
 from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS, MultiSimilarityLoss
+from .distributed import any_rank, barrier, current_world, file_lock, predict_tags
 from .trainers import (PseudoDiscrimination, TrainConfig, TypeGrouping, document_counts, evaluate, pseudo_labels,
                                 source_false_positives, train_stage, unit_entity_features)
 
 # %% auto #0
 __all__ = ['SETTINGS', 'PROFILES', 'STAGES', 'PAPER_EVENT_RECORDS', 'OLDER_EVENT_RECORDS', 'PAPER_CE_SHARE', 'PROFILE_DEFAULTS',
            'NESTED_KEYS', 'PARAMETERS', 'RESULT_MODULES', 'Setting', 'config_field', 'ExperimentConfig', 'check_known',
-           'run_device', 'check_config', 'ms_weight', 'resolve', 'Parameter', 'config_from_parameters', 'result_files',
-           'source_digest', 'file_digest', 'code_fingerprint', 'corpus_fingerprint', 'git_commit',
+           'run_device', 'check_config', 'ms_weight', 'resolve', 'Parameter', 'run_arguments', 'config_from_parameters',
+           'result_files', 'source_digest', 'file_digest', 'code_fingerprint', 'corpus_fingerprint', 'git_commit',
            'source_stage_inputs', 'source_stage_key', 'StageCache', 'few_shot_sample', 'target_data', 'backbone_path',
            'source_stage', 'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'save_run_model',
            'run_experiment']
@@ -320,6 +322,19 @@ PARAMETERS = (
 )
 "The parameters of one run: the options of `metricner run` and the names of the papermill template's `parameters` cell."
 
+# %% ../nbs/05_experiments.ipynb #40db60eb
+def run_arguments(parameters: dict,  # parameter name → value, as `cmd_run` collects them
+                 ) -> list[str]:  # `metricner run` options that give the same configuration
+    "The command-line options of a run: what `--nproc` passes on to torchrun, and what `results --commands` prints."
+    out = []
+    for p in PARAMETERS:
+        value = parameters.get(p.name)
+        if p.kind is dict:
+            for key, item in (value or {}).items(): out += [p.option, f'{key}={json.dumps(item)}']
+        elif value is not None:
+            out += [p.option, ','.join(value) if isinstance(value, list) else str(value)]
+    return out
+
 # %% ../nbs/05_experiments.ipynb #8bc63f2c
 def _as_list(value):
     "A list from a list or a comma-separated string."
@@ -350,8 +365,8 @@ def config_from_parameters(parameters: dict,  # parameter name → value, as `me
 def _digest(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../nbs/05_experiments.ipynb #f5619ed7
-RESULT_MODULES = ('readers', 'corpora', 'units', 'sampling', 'backbone', 'windows', 'tagger', 'events', 'losses', 'trainers',
-                  'experiments')
+RESULT_MODULES = ('readers', 'corpora', 'units', 'sampling', 'backbone', 'windows', 'tagger', 'events', 'losses', 'distributed',
+                  'trainers', 'experiments')
 """The modules whose code decides what a run computes (paths, download, the grid, report, site, CLI and benchmarks do
 not). The one list to update when modules are split or renamed."""
 
@@ -360,7 +375,9 @@ def result_files(package: Path | None = None,  # the package folder; None: the o
                 ) -> list[Path]:
     "The files that decide results: the result modules' sources and the data they read (the packaged event templates)."
     package = Path(package or Path(metricner.__file__).parent)
-    return [package / f'{name}.py' for name in RESULT_MODULES] + [package / 'resources' / 'event_templates.json']
+    modules = [package / f'{name}.py' for name in RESULT_MODULES]
+    # a copy of an older package (the code of an old record) lacks the modules added since: they did not decide its results
+    return [m for m in modules if m.exists() or package == Path(metricner.__file__).parent] + [package / 'resources' / 'event_templates.json']
 
 # %% ../nbs/05_experiments.ipynb #c96aa0f9
 def _is_docstring(node) -> bool:
@@ -466,6 +483,10 @@ class StageCache:
         self.log(f'stage cache: reusing {info.get("name", "stage")} {key[:12]} (trained {info.get("finished", "?")})')
         return tagger, info
 
+    def claim(self, key: str):
+        "Hold the entry's lock (a file beside it): another process asking for the same entry waits, then finds it complete."
+        return file_lock(self.root / f'.{key}.lock')
+
     def save(self, key: str, tagger: Tagger, info: dict) -> None:
         partial = self.root / f'.{key}.partial-{os.getpid()}'
         shutil.rmtree(partial, ignore_errors=True)
@@ -513,7 +534,8 @@ def backbone_path(config: ExperimentConfig, units) -> str | None:
     counts = Counter(w.lower() for split in units for u in split for w in u.words)
     words = [w for w, _ in counts.most_common(2000) if w.isalnum()]
     folder = default_cache_dir() / 'backbones' / f'tiny-{_digest(words)[:12]}'
-    if not (folder / 'config.json').exists(): build_tiny_backbone(folder, words=words, max_position=max(config.max_length or 64, 64) + 2)
+    with file_lock(folder.with_name(folder.name + '.lock')):  # runs at the same time build it once, and never read it half-built
+        if not (folder / 'config.json').exists(): build_tiny_backbone(folder, words=words, max_position=max(config.max_length or 64, 64) + 2)
     return str(folder)
 
 # %% ../nbs/05_experiments.ipynb #f916fd11
@@ -527,28 +549,31 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
     backbone = backbone_path(config, [train, dev])
     train_config = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': ms_weight(config, 'source') if grouping else 0.0})
     key = source_stage_key(config, backbone)
-    device = run_device(config)
-    cached = cache.load(key)
-    if cached is not None:
-        tagger, info = cached
-        return tagger.to(device), source, {**info, 'cache': 'reused', 'key': key}
-    started = time.perf_counter()
-    metric, aux_stats = None, None
-    if grouping:  # event records of the training documents actually used (all of them, except in smoke slices)
-        used = Corpus(source.name, {'train': source['train'][:config.max_documents.get('train')]}, source.types)
-        aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder, device=device), config.aux_reduce, seed=config.seed,
-                                   self_text=config.event_self_text, equivalences=config.event_equivalences,
-                                   drop_unlabelled=config.event_drop_unlabelled)
-        metric = TypeGrouping(aux)
-    torch.manual_seed(config.seed)
-    tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
-    loss = MultiSimilarityLoss(**config.ms_source) if grouping else None
-    tagger, history = train_stage(tagger, train, dev, train_config, entities=metric, loss=loss, description=f'stage 1: {config.source}')
-    if grouping: aux_stats = metric.aux.stats()
-    info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats, 'ms_weight': train_config.ms_weight,
-            'seconds': time.perf_counter() - started, 'documents': {'train': len(train), 'dev': len(dev)},
-            'parameters': tagger.parameter_counts()}
-    cache.save(key, tagger, info)
+    device, world = run_device(config), current_world()
+    # Rank 0 holds the entry's lock from lookup to save: a job that needs the same model waits, then reuses it.
+    with cache.claim(key) if world.main else contextlib.nullcontext():
+        cached = cache.load(key) if world.main else None
+        if any_rank(cached is not None, world) and cached is None: cached = cache.load(key)  # the entry rank 0 found
+        if cached is not None:
+            tagger, info = cached
+            return tagger.to(device), source, {**info, 'cache': 'reused', 'key': key}
+        started = time.perf_counter()
+        metric, aux_stats = None, None
+        if grouping:  # event records of the training documents actually used (all of them, except in smoke slices)
+            used = Corpus(source.name, {'train': source['train'][:config.max_documents.get('train')]}, source.types)
+            aux = build_aux_similarity(used, config.events, SentenceEncoder(config.event_encoder, device=device), config.aux_reduce,
+                                       seed=config.seed, self_text=config.event_self_text,
+                                       equivalences=config.event_equivalences, drop_unlabelled=config.event_drop_unlabelled)
+            metric = TypeGrouping(aux)
+        torch.manual_seed(config.seed)
+        tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
+        loss = MultiSimilarityLoss(**config.ms_source) if grouping else None
+        tagger, history = train_stage(tagger, train, dev, train_config, entities=metric, loss=loss, description=f'stage 1: {config.source}')
+        if grouping: aux_stats = metric.aux.stats()
+        info = {'name': f'source stage on {config.source}', 'history': history, 'aux_similarity': aux_stats,
+                'ms_weight': train_config.ms_weight, 'seconds': time.perf_counter() - started,
+                'documents': {'train': len(train), 'dev': len(dev)}, 'parameters': tagger.parameter_counts()}
+        if world.main: cache.save(key, tagger, info)  # the only rank that writes
     return tagger, source, {**info, 'cache': 'trained', 'key': key}
 
 # %% ../nbs/05_experiments.ipynb #c4553092
@@ -617,9 +642,10 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     "Run one experiment and write its `metrics.json`; returns the record."
     started, timings, commit, code = time.perf_counter(), {}, git_commit(), code_fingerprint()  # the code that runs now
     config = resolve(config)
-    device, setting = run_device(config), SETTINGS[config.setting]
+    device, setting, world = run_device(config), SETTINGS[config.setting], current_world()
+    if not world.main: log = lambda *_: None  # noqa: E731 — rank 0 speaks for the run
     out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(dataclasses.replace(config, source=_safe_name(config.source), target=_safe_name(config.target)))
-    if (out_dir / 'metrics.json').exists():  # never leave an old record beside the partial files of a new run
+    if world.main and (out_dir / 'metrics.json').exists():  # never leave an old record beside the partial files of a new run
         log(f'replacing the record in {out_dir}')
         (out_dir / 'metrics.json').unlink()
     shutil.rmtree(out_dir / 'model', ignore_errors=True)  # nor an old model beside a new record
@@ -634,7 +660,7 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     t = time.perf_counter()
     pseudo, metric = None, None
     if setting.discrimination:
-        pseudo = pseudo_labels(units['train'], predict(source_tagger, units['train']))
+        pseudo = pseudo_labels(units['train'], predict_tags(source_tagger, units['train']))
         metric = PseudoDiscrimination(pseudo)
     if source_tagger is not None: tagger = source_tagger.retarget(target.labels, seed=config.seed)
     else:
@@ -650,10 +676,11 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
 
     t = time.perf_counter()
     scores, predicted = evaluate(tagger, units['test'], stage2_config.eval_batch_size, stage2_config.progress)
-    source_predicted = predict(source_tagger, units['test'], progress=stage2_config.progress) if source_tagger is not None else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    analysis = write_analysis_files(out_dir, config, tagger, units['test'], predicted, source_predicted)
-    if config.save_model: analysis['model'] = save_run_model(out_dir, tagger, config, code)  # before the record
+    source_predicted = predict_tags(source_tagger, units['test'], progress=stage2_config.progress) if source_tagger is not None else None
+    barrier(world)  # every rank got here: the run is complete, and rank 0 alone writes its files
+    if world.main: out_dir.mkdir(parents=True, exist_ok=True)
+    analysis = write_analysis_files(out_dir, config, tagger, units['test'], predicted, source_predicted) if world.main else None
+    if world.main and config.save_model: analysis['model'] = save_run_model(out_dir, tagger, config, code)  # before the record
     timings['test'] = time.perf_counter() - t
     timings['total'] = time.perf_counter() - started
     record = {
@@ -663,13 +690,13 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
         'config': asdict(config), 'seeds': {'seed': config.seed},
         'version': metricner.__version__, 'git': commit, 'code': code,
         'environment': {'python': platform.python_version(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-                        'machine': platform.machine(), 'device': str(device),
+                        'machine': platform.machine(), 'device': str(device), 'ranks': world.size,
                         'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None},
         'timings_s': timings, 'data': data_info,
         'sizes': {'target_labels': len(target.labels), 'parameters': tagger.parameter_counts()},
         'stage1': stage1, 'stage2': {'history': history, 'ms_weight': stage2_config.ms_weight}, 'files': analysis,
     }
-    write_json_atomically(out_dir / 'metrics.json', record)
+    if world.main: write_json_atomically(out_dir / 'metrics.json', record)
     log(f'{config.setting} {config.source if setting.source_stage else ""}→{config.target}: '
         f'P {record["precision"]:.4f} R {record["recall"]:.4f} F1 {record["f1"]:.4f} ({timings["total"]:.0f} s) → {out_dir / "metrics.json"}')
     return record

@@ -6,21 +6,26 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+import shlex
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from .paths import default_results_dir, PROJECT_ROOT
-from .experiments import (
-    code_fingerprint, config_from_parameters, default_out_dir, ExperimentConfig, SETTINGS)
+from metricner.experiments import (
+    _digest, code_fingerprint, config_from_parameters, default_out_dir, ExperimentConfig, run_arguments, SETTINGS,
+    source_stage_inputs)
 
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'known_settings', 'grid', 'default_runs_dir',
            'run_folder', 'require_checkout', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
-           'run_grid']
+           'worker_environment', 'run_grid', 'stage1_group', 'grid_commands']
 
 # %% ../nbs/06_grid.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -151,32 +156,95 @@ def compact_progress_output(notebook: Path  # an executed notebook, rewritten in
         cell.outputs = [out for out in merged if out.output_type != 'stream' or out.text]
     nbformat.write(nb, str(notebook))
 
+# %% ../nbs/06_grid.ipynb #ba70f372
+def _run_cell(parameters: dict,  # one run of `grid`
+              folder: Path,  # its record's folder
+              nbs: Path  # the checkout's `nbs/` (the papermill template)
+             ) -> str | None:  # None, or what went wrong
+    "Run one grid cell through the papermill template into `folder`; a failure is returned, not raised."
+    import papermill
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(str(nbs / 'run_experiment.ipynb'), str(folder / 'run.ipynb'),
+                                   parameters={**parameters, 'out_dir': str(folder)}, cwd=str(nbs), progress_bar=False)
+    except papermill.PapermillExecutionError as error:
+        return f'{error.ename}: {error.evalue} (see its run.ipynb)'
+    finally:
+        if (folder / 'run.ipynb').exists(): compact_progress_output(folder / 'run.ipynb')
+    return None
+
+# %% ../nbs/06_grid.ipynb #76fab7d5
+def worker_environment(index: int,  # the worker's number, from 0
+                       jobs: int,  # how many workers run at the same time
+                       gpus: int | None = None,  # GPUs of this machine; None: as torch counts them
+                       cores: int | None = None  # CPU cores; None: `os.cpu_count()`
+                      ) -> dict[str, str]:  # environment variables of the worker
+    "The device of one worker: one GPU (`CUDA_VISIBLE_DEVICES`), or its share of the CPU cores (`OMP_NUM_THREADS`)."
+    if gpus is None:
+        import torch
+        gpus = torch.cuda.device_count()
+    if gpus: return {'CUDA_VISIBLE_DEVICES': str(index % gpus)}
+    return {'OMP_NUM_THREADS': str(max(1, (cores or os.cpu_count() or 1) // jobs))}
+
+
+def _start_worker(numbers, jobs: int) -> None:
+    "Process-pool initialiser: take a worker number and set this worker's device before torch starts."
+    os.environ.update(worker_environment(numbers.get(), jobs))
+
 # %% ../nbs/06_grid.ipynb #c20dca88
 def run_grid(runs: list[dict] | None = None,  # grid runs to consider; default the whole `grid()`
              keep_stale: bool = False,  # count records of older code as done
              dry_run: bool = False,  # only say what would run
              log=print,  # where progress messages go
-             root: Path | None = None  # the runs folder; default `default_runs_dir()`
+             root: Path | None = None,  # the runs folder; default `default_runs_dir()`
+             jobs: int = 1  # cells run at the same time, each in its own worker process and on its own device
             ) -> list[dict]:  # the runs it ran, or would run
-    "Run every grid cell that is not done (in grid order); a failed run is reported and the others still run."
+    "Run every grid cell that is not done (in grid order, `jobs` at a time); a failed run is reported and the others still run."
     runs = runs or grid()
     todo = [r for r in runs if cell_status(r, root) not in (('done', 'stale') if keep_stale else ('done',))]
-    log(f'{len(todo)} of {len(runs)} grid runs to do')
+    log(f'{len(todo)} of {len(runs)} grid runs to do' + (f', {jobs} at a time' if jobs > 1 else ''))
     if dry_run or not todo: return todo
+    if jobs < 1: raise ValueError(f'jobs must be at least 1, not {jobs}')
     nbs = require_checkout('running the grid') / 'nbs'  # the papermill template
-    import papermill
-    failed = []
-    for parameters in todo:
-        folder = run_folder(parameters, root)
-        folder.mkdir(parents=True, exist_ok=True)
-        log(f'running {folder}')
-        try:
-            papermill.execute_notebook(str(nbs / 'run_experiment.ipynb'), str(folder / 'run.ipynb'),
-                                       parameters={**parameters, 'out_dir': str(folder)}, cwd=str(nbs), progress_bar=False)
-        except papermill.PapermillExecutionError as error:
-            failed.append(folder)
-            log(f'FAILED {folder}: {error.ename}: {error.evalue} (see its run.ipynb)')
-        finally:
-            if (folder / 'run.ipynb').exists(): compact_progress_output(folder / 'run.ipynb')
+    folders = [run_folder(parameters, root) for parameters in todo]
+    errors = []
+    if jobs == 1:
+        for parameters, folder in zip(todo, folders):
+            log(f'running {folder}')
+            errors.append(_run_cell(parameters, folder, nbs))
+            if errors[-1]: log(f'FAILED {folder}: {errors[-1]}')
+    else:
+        context = multiprocessing.get_context('spawn')  # fresh workers: no forked torch or tokenizer state
+        with context.Manager() as manager:
+            numbers = manager.Queue()  # worker numbers, one per worker: its device
+            for i in range(jobs): numbers.put(i)
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(numbers, jobs)) as pool:
+                futures = [pool.submit(_run_cell, parameters, folder, nbs) for parameters, folder in zip(todo, folders)]
+                for folder in folders: log(f'queued {folder}')
+                for folder, future in zip(folders, futures):
+                    errors.append(future.result())
+                    if errors[-1]: log(f'FAILED {folder}: {errors[-1]}')
+    failed = [folder for folder, error in zip(folders, errors) if error]
     if failed: raise RuntimeError(f'{len(failed)} grid run(s) failed: ' + ', '.join(map(str, failed)))
     return todo
+
+# %% ../nbs/06_grid.ipynb #dbf6a783
+def stage1_group(parameters: dict,  # one run of `grid`
+                ) -> str | None:  # None for settings without a source stage
+    "Which stage-1 model a run needs: a digest of what stage 1 reads of its configuration (same corpus files and code assumed)."
+    config = config_from_parameters(parameters)
+    return _digest(source_stage_inputs(config)) if SETTINGS[config.setting].source_stage else None
+
+
+def grid_commands(runs: list[dict] | None = None,  # grid runs to consider; default the whole `grid()`
+                  root: Path | None = None,  # the runs folder; default `default_runs_dir()`
+                  keep_stale: bool = False,  # count records of older code as done
+                  program: str = 'metricner'  # the command that runs `metricner`
+                 ) -> list[str]:  # shell commands, stage-1 producers first
+    "One `metricner run` command per missing cell: the first cell of each stage-1 model first, then the rest, in grid order."
+    runs = runs or grid()
+    todo = [r for r in runs if cell_status(r, root) not in (('done', 'stale') if keep_stale else ('done',))]
+    groups = [stage1_group(r) for r in todo]
+    producers = {g: i for i, g in reversed(list(enumerate(groups))) if g is not None}
+    order = sorted(range(len(todo)), key=lambda i: (producers.get(groups[i]) != i, i))
+    return [shlex.join([program, 'run', *run_arguments(todo[i]), '--out', str(run_folder(todo[i], root))]) for i in order]

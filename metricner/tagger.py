@@ -174,7 +174,8 @@ def tagging_loss(logits: torch.Tensor,  # [B, L, labels]
 def predict_words(tagger: Tagger,  # the tagger; its training mode is restored afterwards
                   units,  # `TaggedUnit`s (their tags are not read)
                   batch_size: int = 32,  # windows per forward pass
-                  progress: bool = False  # show a progress bar
+                  progress: bool = False,  # show a progress bar
+                  shard: tuple[int, int] = (0, 1)  # `(rank, ranks)`: compute only batches rank, rank + ranks, … (other words stay -1)
                  ) -> list[tuple[np.ndarray, np.ndarray]]:  # per unit: label ids [words] and their probabilities [words]
     "Label id and its probability for every word of every unit (windows merged: each word from the window that owns it)."
     from tqdm.auto import tqdm
@@ -186,7 +187,8 @@ def predict_words(tagger: Tagger,  # the tagger; its training mode is restored a
     try:
         batches = tqdm(tagger.batches(windows, batch_size), total=-(-len(windows) // batch_size), desc='predicting',
                        disable=not progress, leave=False)
-        for b in batches:
+        for k, b in enumerate(batches):
+            if k % shard[1] != shard[0]: continue
             logits, _ = tagger(b.input_ids, b.attention_mask)
             positions = b.word_positions.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1])
             at_words = logits.gather(1, positions)  # [B, W, labels]: each word's first sub-token
@@ -203,10 +205,11 @@ def predict_words(tagger: Tagger,  # the tagger; its training mode is restored a
 def predict_ids(tagger: Tagger,  # the tagger
                 units,  # `TaggedUnit`s (their tags are not read)
                 batch_size: int = 32,  # windows per forward pass
-                progress: bool = False  # show a progress bar
+                progress: bool = False,  # show a progress bar
+                shard: tuple[int, int] = (0, 1)  # `(rank, ranks)`: compute only batches rank, rank + ranks, … (other words stay -1)
                ) -> list[np.ndarray]:  # one array of label ids per unit
     "Label id of every word of every unit (windows merged: each word from the window that owns it)."
-    return [ids for ids, _ in predict_words(tagger, units, batch_size, progress)]
+    return [ids for ids, _ in predict_words(tagger, units, batch_size, progress, shard)]
 
 # %% ../nbs/01b_tagger.ipynb #176bd3c6
 def predict(tagger: Tagger,  # the tagger

@@ -5,6 +5,7 @@
 # %% ../nbs/04_trainers.ipynb #db220f70
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from tqdm.auto import tqdm
 from .units import TaggedUnit
 from .windows import (
     IGNORE, Batch, collate, entity_features, length_batches, span_features, unit_spans_to_batch)
-from .tagger import Tagger, predict, tagging_loss
+from .tagger import Tagger, tagging_loss
+from .distributed import (
+    World, all_sum, any_rank, current_world, data_parallel, gather_objects, gather_rows, pass_shares, predict_tags,
+    rank_seed, rank_table)
 from .events import AuxSimilarity, entity_key
 from .losses import MultiSimilarityLoss
 
@@ -133,7 +137,7 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW's learning rate, constant
     weight_decay: float = 1e-5  # AdamW's weight decay (none on biases and LayerNorm weights)
     batch_size: int = 16  # windows per optimizer step
-    micro_batch_size: int | None = None  # windows per forward pass (gradients accumulated); None: the batch size
+    micro_batch_size: int | None = None  # windows per forward pass (gradients accumulated; shared by the ranks of a distributed run); None: the batch size
     min_epochs: int = 1  # no early stopping before this many epochs
     max_epochs: int = 100  # stop after this many epochs whatever the dev F1
     patience: int = 20  # stop after this many epochs without a dev-F1 gain
@@ -170,6 +174,20 @@ class EntitySelector(Protocol):
              ) -> int:  # how many entities of `batch` enter the term
         "Counted before the forward pass, so that each pass's share of the step's entities is known."
 
+    def entities(self,
+                 hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+                 batch: Batch,  # the batch
+                 tagger: Tagger,  # the tagger being trained
+                 units: list[TaggedUnit]  # the units the batch's windows index
+                ) -> tuple[torch.Tensor, torch.Tensor, list | None]:  # features [n, H], labels [n], keys (n) or None
+        "The entities' features, their class labels, and the keys their auxiliary similarities are looked up by (None: none)."
+
+    def aux_of(self,
+               keys: list | None,  # the keys of the entities of a pass (of every rank, in a distributed run)
+               like: torch.Tensor  # the features: the result takes their dtype and device
+              ) -> torch.Tensor | None:  # aux [n, n] or None
+        "The auxiliary similarities of the entities `keys`, as the loss takes them (None: none)."
+
     def __call__(self,
                  hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
                  batch: Batch,  # the batch
@@ -204,14 +222,28 @@ class TypeGrouping:
         "How many entities of `batch` enter the MS term."
         return len(entity_features(_no_hidden(batch), batch, tagger.labels)[2])
 
+    def entities(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+                 batch: Batch,  # the batch
+                 tagger: Tagger,  # the tagger being trained
+                 units: list[TaggedUnit]  # the units the batch's windows index
+                ) -> tuple[torch.Tensor, torch.Tensor, list | None]:  # features [n, H], types [n], entity keys or None
+        "Features and types of the gold entities, and their entity keys (None without `aux`)."
+        feats, types, spans = entity_features(hidden, batch, tagger.labels)
+        return feats, types, [entity_key(t) for t in _entity_texts(batch, units, spans)] if self.aux else None
+
+    def aux_of(self, keys: list | None,  # entity keys of the entities of a pass
+               like: torch.Tensor  # the features: the result takes their dtype and device
+              ) -> torch.Tensor | None:  # [n, n] or None
+        "Auxiliary similarities of the entities `keys` (None without `aux`)."
+        return self.aux(keys).to(like) if self.aux else None
+
     def __call__(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
                  batch: Batch,  # the batch
                  tagger: Tagger,  # the tagger being trained
                  units: list[TaggedUnit]  # the units the batch's windows index
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], types [n], aux [n, n] or None
-        feats, types, spans = entity_features(hidden, batch, tagger.labels)
-        aux = self.aux([entity_key(t) for t in _entity_texts(batch, units, spans)]).to(hidden) if self.aux else None
-        return feats, types, aux
+        feats, types, keys = self.entities(hidden, batch, tagger, units)
+        return feats, types, self.aux_of(keys, feats)
 
 # %% ../nbs/04_trainers.ipynb #2a4fff07
 def _spans_of_batch_units(by_unit: dict[int, list], batch) -> list:
@@ -237,50 +269,87 @@ class PseudoDiscrimination:
         "How many entities of `batch` enter the MS term."
         return len(entity_features(_no_hidden(batch), batch, tagger.labels)[2]) + len(self._pseudo_spans(batch))
 
-    def __call__(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+    def entities(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
                  batch: Batch,  # the batch
                  tagger: Tagger,  # the tagger being trained
                  units: list[TaggedUnit]  # the units the batch's windows index
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # features [n, H], labels [n] (0 gold, 1 pseudo), None
+                ) -> tuple[torch.Tensor, torch.Tensor, None]:  # features [n, H], labels [n] (0 gold, 1 pseudo), no keys
+        "Features of the gold entities (label 0), then of the pseudo entities (label 1)."
         gold, _, _ = entity_features(hidden, batch, tagger.labels)
         pseudo = span_features(hidden, batch.word_positions, self._pseudo_spans(batch))
         labels = torch.cat([torch.zeros(len(gold), dtype=torch.long), torch.ones(len(pseudo), dtype=torch.long)])
         return torch.cat([gold, pseudo]), labels.to(hidden.device), None
 
+    def aux_of(self, keys, like) -> None:
+        "No auxiliary similarities in entity discrimination."
+        return None
+
+    def __call__(self, hidden: torch.Tensor,  # [B, L, H] the tagger's last hidden layer on `batch`
+                 batch: Batch,  # the batch
+                 tagger: Tagger,  # the tagger being trained
+                 units: list[TaggedUnit]  # the units the batch's windows index
+                ) -> tuple[torch.Tensor, torch.Tensor, None]:  # features [n, H], labels [n] (0 gold, 1 pseudo), None
+        return self.entities(hidden, batch, tagger, units)
+
 # %% ../nbs/04_trainers.ipynb #0d8cebd4
 def evaluate(tagger: Tagger,  # the tagger
              units: list[TaggedUnit],  # units with gold tags in the tagger's labels
              batch_size: int = 32,  # windows per forward pass
-             progress: bool = False  # show a progress bar
+             progress: bool = False,  # show a progress bar
+             world: World | None = None  # the ranks that share the prediction; None: `current_world()`
             ) -> tuple[dict, list[list[str]]]:  # `score` of the predictions, and the predicted tags
-    "Scores of `tagger` on `units`, and its predicted tags."
-    predicted = predict(tagger, units, batch_size, progress)
+    "Scores of `tagger` on `units`, and its predicted tags (sharded over the ranks of a distributed run, the same on each)."
+    predicted = predict_tags(tagger, units, batch_size, progress, world)
     return score([u.tags for u in units], predicted), predicted
 
 # %% ../nbs/04_trainers.ipynb #93423043
-def _step(tagger, micro_batches, units, config, optimizer, entities=None, loss=None) -> tuple[float, float]:
-    "One optimizer step over micro-batches; returns (cross-entropy, MS) of the step."
-    labelled = sum(int((b.labels != IGNORE).sum()) for b in micro_batches)
-    if labelled == 0: return 0.0, 0.0
+def _counts(micro_batches, tagger, entities, world) -> torch.Tensor:
+    "[ranks, passes, 2]: labelled positions and MS entities of each rank's share of each pass (None: an empty share)."
+    local = [(0, 0) if b is None else (int((b.labels != IGNORE).sum()), entities.count(b, tagger) if entities else 0)
+             for b in micro_batches]
+    return rank_table(local, world)
+
+
+def _pass_entities(hidden, batch, tagger, units, entities, sizes, world):
+    "Features, labels and aux of a pass's entities on every rank, in rank order (features differentiable into this rank's)."
+    if batch is None: feats, labels, keys = hidden.new_zeros(0, hidden.shape[-1]), torch.zeros(0, dtype=torch.long, device=hidden.device), []
+    else: feats, labels, keys = entities.entities(hidden, batch, tagger, units)
+    if world.size > 1:
+        feats, labels = gather_rows(feats, sizes, world), gather_rows(labels, sizes, world)
+        keys = [k for rank_keys in gather_objects(keys, world) for k in (rank_keys or [])]
+    return feats, labels, entities.aux_of(keys, feats)
+
+
+def _step(tagger, micro_batches, units, config, optimizer, entities=None, loss=None, world=World(), model=None,
+          stand_in=None) -> tuple[float, float]:
+    "One optimizer step over this rank's micro-batches (None: an empty share, run on `stand_in` with weight 0); returns (CE, MS) of the global step."
     use_ms = bool(config.ms_weight) and entities is not None
-    counts = [entities.count(b, tagger) for b in micro_batches] if use_ms else [0] * len(micro_batches)
+    table = _counts(micro_batches, tagger, entities if use_ms else None, world)  # [ranks, passes, 2]
+    labelled, step_entities = int(table[..., 0].sum()), int(table[..., 1].sum())
+    if labelled == 0: return 0.0, 0.0
+    model = model or tagger
     optimizer.zero_grad(set_to_none=True)
     ce_total = ms_total = 0.0
-    for b, n_entities in zip(micro_batches, counts):
-        logits, hidden = tagger(b.input_ids, b.attention_mask)
-        n = int((b.labels != IGNORE).sum())
-        ce = tagging_loss(logits, b.labels) * (n / labelled) if n else logits.sum() * 0
-        total, ms_value = ce, 0.0
-        if use_ms and n_entities > 1:
-            feats, labels, aux = entities(hidden, b, tagger, units)
-            share = n_entities / sum(counts)  # the pass's anchors' share of the step's: sum over anchors ÷ all entities
-            ms = loss(feats, labels, aux)
-            total = total + config.ms_weight * ms * share
-            ms_value = float(ms.detach()) * share
-        total.backward()
+    for k, b in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or world.size == 1 else model.no_sync():  # DDP all-reduces once per step
+            inputs = b if b is not None else stand_in
+            logits, hidden = model(inputs.input_ids, inputs.attention_mask)
+            n = int(table[world.rank, k, 0])
+            ce = tagging_loss(logits, b.labels) * (n / labelled) if n else logits.sum() * 0
+            # DDP averages the ranks' gradients: × ranks makes the average their sum, the gradient of the whole step
+            total, ms_value = ce * world.size, 0.0
+            pass_entities = table[:, k, 1]
+            if use_ms and int(pass_entities.sum()) > 1:
+                feats, labels, aux = _pass_entities(hidden, b, tagger, units, entities, pass_entities.tolist(), world)
+                share = int(pass_entities.sum()) / step_entities  # the pass's anchors' share of the step's: sum over anchors ÷ all entities
+                ms = loss(feats, labels, aux)  # the same on every rank; its gradient reaches this rank's entities only
+                total = total + config.ms_weight * ms * share * world.size
+                ms_value = float(ms.detach()) * share
+            total.backward()
         ce_total += float(ce.detach()); ms_total += ms_value
     optimizer.step()
-    return ce_total, ms_total
+    return all_sum([ce_total], world)[0], ms_total
 
 # %% ../nbs/04_trainers.ipynb #956d8cff
 def _trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
@@ -308,24 +377,29 @@ def train_stage(tagger: Tagger,  # trained in place
                ) -> tuple[Tagger, list[dict]]:  # the tagger with its best-dev weights, and one record per epoch
     "Train in place with early stopping on dev micro-F1; returns the tagger with its best-dev weights, and the history."
     _check_metric_term(config, entities, loss)
-    torch.manual_seed(config.seed); random.seed(config.seed); np.random.seed(config.seed % 2 ** 32)
+    world = current_world()
+    torch.manual_seed(rank_seed(config.seed, world)); random.seed(config.seed); np.random.seed(config.seed % 2 ** 32)
     windows, _ = tagger.encode(train)
+    model = data_parallel(tagger, world)  # the same weights on every rank (DDP broadcasts rank 0's)
     optimizer = optimizer_for(tagger, config)
     micro = config.micro_batch_size or config.batch_size
     history, best_f1, best_state, best_epoch, started = [], -1.0, _trainable_state(tagger), 0, time.perf_counter()
     total_steps = 0
-    bar = tqdm(range(1, config.max_epochs + 1), desc=description, disable=not config.progress, leave=False)
+    progress = config.progress and world.main
+    bar = tqdm(range(1, config.max_epochs + 1), desc=description, disable=not progress, leave=False)
     for epoch in bar:
         tagger.train()
         epoch_started, ce_sum, ms_sum, steps = time.perf_counter(), 0.0, 0.0, 0
         steps_of_epoch = length_batches([len(w) for w in windows], config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch)
-        for idx in tqdm(steps_of_epoch, desc=f'epoch {epoch}', disable=not config.progress, leave=False):
+        for idx in tqdm(steps_of_epoch, desc=f'epoch {epoch}', disable=not progress, leave=False):
             step = [windows[i] for i in idx]
-            parts = [collate(step[i:i + micro], tagger.tokenizer.pad_token_id).to(tagger.device) for i in range(0, len(step), micro)]
-            ce, ms = _step(tagger, parts, train, config, optimizer, entities, loss)
+            batch = lambda share: collate(share, tagger.tokenizer.pad_token_id).to(tagger.device)
+            parts = [batch(share) if share else None for share in pass_shares(step, micro, world)]
+            stand_in = batch(step[:1]) if None in parts else None
+            ce, ms = _step(tagger, parts, train, config, optimizer, entities, loss, world, model, stand_in)
             ce_sum, ms_sum, steps = ce_sum + ce, ms_sum + ms, steps + 1
             bar.set_postfix(loss=f'{(ce_sum + config.ms_weight * ms_sum) / steps:.4f}', dev_f1=f'{max(best_f1, 0):.4f}', refresh=False)
-        dev_scores, _ = evaluate(tagger, dev, config.eval_batch_size, config.progress) if dev else ({'f1': 0.0, 'precision': 0.0, 'recall': 0.0}, None)
+        dev_scores, _ = evaluate(tagger, dev, config.eval_batch_size, progress, world) if dev else ({'f1': 0.0, 'precision': 0.0, 'recall': 0.0}, None)
         improved = dev_scores['f1'] > best_f1
         if improved: best_f1, best_state, best_epoch = dev_scores['f1'], _trainable_state(tagger), epoch
         history.append({'epoch': epoch, 'ce': ce_sum / max(steps, 1), 'ms': ms_sum / max(steps, 1),
@@ -335,7 +409,7 @@ def train_stage(tagger: Tagger,  # trained in place
         total_steps += steps
         if epoch >= config.min_epochs and epoch - best_epoch >= config.patience: break
         if config.max_steps is not None and total_steps >= config.max_steps: break
-        if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds: break
+        if config.max_seconds is not None and any_rank(time.perf_counter() - started > config.max_seconds, world): break
     bar.close()
     tagger.load_state_dict(best_state, strict=False)
     return tagger.eval(), history
