@@ -97,7 +97,7 @@ def stage_api_pages(dest: Path  # the folder of the page copies
     if dest.exists(): shutil.rmtree(dest)  # a renamed or removed notebook leaves no stale page
     return [site_notebook(nb, dest / nb.name) for nb in sorted(nbs.glob('[0-9][0-9]*.ipynb'))]
 
-# %% ../nbs/06b_site.ipynb #ad334d71
+# %% ../nbs/06b_site.ipynb #5c2cf9a6
 _FIG_CAP = re.compile(r'^#\|\s*fig-cap:\s*(.*)\n?', re.M)
 
 
@@ -128,7 +128,7 @@ def page_copy(source: Path,  # a notebook
     nbformat.write(nb, str(dest))
     return dest
 
-# %% ../nbs/06b_site.ipynb #4dfed59f
+# %% ../nbs/06b_site.ipynb #7cbe0e8f
 def execute_page(notebook: Path,  # a page copy
                  env: dict  # the kernel's environment
                 ) -> Path:  # `notebook`, executed in place
@@ -140,7 +140,7 @@ def execute_page(notebook: Path,  # a page copy
     nbformat.write(_read_relative(notebook), str(notebook))
     return notebook
 
-# %% ../nbs/06b_site.ipynb #ef99f1e1
+# %% ../nbs/06b_site.ipynb #baf14e86
 NAV_LABELS = ('Overview', 'Method and fidelity', 'Results', 'Runs', 'API')  # the site's top-level navigation, in order
 
 
@@ -156,7 +156,7 @@ class Page:
         "Its path in the built site."
         return Path(self.source).with_suffix('.html').as_posix()
 
-# %% ../nbs/06b_site.ipynb #5f5e5fb0
+# %% ../nbs/06b_site.ipynb #f75835f7
 def toctree(pages: list  # `Page`s
            ) -> str:  # a MyST block
     "A hidden Sphinx toctree of `pages`: it puts them under the page that holds it in the navigation."
@@ -170,7 +170,7 @@ def quarto_sidebar(pages: list  # `Page`s
     return [{'section': page.label, 'href': page.source, 'contents': quarto_sidebar(page.children)} if page.children
             else {'text': page.label, 'href': page.source} for page in pages]
 
-# %% ../nbs/06b_site.ipynb #cd62d6f2
+# %% ../nbs/06b_site.ipynb #2281d004
 def run_label(run  # a row of `load_records`
              ) -> str:  # e.g. 'EG+ED concat seed 42'
     "A run's name on the site: its setting, the event paradigm and ED weight where they are not the defaults, its seed."
@@ -179,7 +179,7 @@ def run_label(run  # a row of `load_records`
     if run.lambda_tgt != ExperimentConfig.lambda_tgt: parts.append(f'λ_tgt {run.lambda_tgt:g}')
     return ' '.join(parts + [f'seed {run.seed}'])
 
-# %% ../nbs/06b_site.ipynb #4fa8c880
+# %% ../nbs/06b_site.ipynb #905d1a7a
 def runs_table(runs: pd.DataFrame,  # records of one target, as `load_records` returns
                link  # a record row → the link of its page, or None
               ) -> str:  # a Markdown table
@@ -194,7 +194,7 @@ def runs_table(runs: pd.DataFrame,  # records of one target, as `load_records` r
         'commit': [f'`{str(c)[:7]}`' + ('' if current else ', older code') for c, current in zip(runs.commit, runs.current)]})
     return score_markdown(table, best_of=[SETTINGS[s].few_shot for s in runs.setting], index=False)
 
-# %% ../nbs/06b_site.ipynb #5e7c987c
+# %% ../nbs/06b_site.ipynb #a3306220
 def _markdown_page(path: Path, text: str, children: list, quarto: bool) -> None:
     "A Markdown page; for Sphinx with a hidden toctree of its children."
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def stage_runs(dest: Path,  # the staged folder
     _markdown_page(dest / 'runs' / 'index.md', '\n'.join(lines) + '\n', targets, quarto)
     return Page('runs/index.md', 'Runs', targets)
 
-# %% ../nbs/06b_site.ipynb #bb41a204
+# %% ../nbs/06b_site.ipynb #cefbbe3b
 def _title(notebook: Path) -> str:
     "The first heading of a notebook."
     import nbformat
@@ -270,7 +270,7 @@ def stage_site(dest: Path,  # the staged folder, replaced
         nbformat.write(nb, str(home))
     return nav, [(home, env(profiles[0]))] + [(dest / page.source, env(p)) for p, page in zip(profiles, studies)]
 
-# %% ../nbs/06b_site.ipynb #e33d9c71
+# %% ../nbs/06b_site.ipynb #47491e2b
 SPHINX_CONF = dict(
     project='metricner', html_title='metricner', root_doc='index', extensions=['myst_nb', 'sphinx.ext.mathjax'],
     exclude_patterns=['**.ipynb_checkpoints', '_build'],
@@ -304,7 +304,7 @@ def _copy_mathjax(dest: Path) -> None:
         if (mathjax / part).is_dir(): shutil.copytree(mathjax / part, dest / part, dirs_exist_ok=True)
         else: shutil.copy2(mathjax / part, dest / part)
 
-# %% ../nbs/06b_site.ipynb #3e920586
+# %% ../nbs/06b_site.ipynb #3d3be2b9
 def render_with_sphinx(src: Path,  # the staged folder
                        out: Path  # the site, replaced
                       ) -> None:
@@ -335,7 +335,7 @@ def render_with_quarto(src: Path,  # the staged folder
     # QUARTO_PYTHON: the project's environment, whatever python is first on PATH (nothing is executed, but Quarto reads notebooks with it)
     subprocess.run(['quarto', 'render', '--output-dir', str(out)], check=True, cwd=src, env={**os.environ, 'QUARTO_PYTHON': sys.executable})
 
-# %% ../nbs/06b_site.ipynb #e716d8e2
+# %% ../nbs/06b_site.ipynb #89cb15b4
 def build_site(out_dir: Path | None = None,  # where the site goes; default `_site/` of the checkout
                results: Path | None = None,  # the runs folder the pages read; default `default_runs_dir()`
                use_quarto: bool | None = None,  # render with Quarto; default: when it is on the PATH
@@ -354,7 +354,7 @@ def build_site(out_dir: Path | None = None,  # where the site goes; default `_si
         else: render_with_sphinx(src, out_dir)
     return out_dir / 'index.html'
 
-# %% ../nbs/06b_site.ipynb #9b922c9e
+# %% ../nbs/06b_site.ipynb #a2aa8abb
 class _PageParser(HTMLParser):
     "The links, images, ids, navigation labels and text of one HTML page."
     def __init__(self):
@@ -379,7 +379,7 @@ class _PageParser(HTMLParser):
         self.text.append(data)
         if self._anchor: self._anchor[1] += data
 
-# %% ../nbs/06b_site.ipynb #858ee5bf
+# %% ../nbs/06b_site.ipynb #a2266051
 def machine_patterns() -> re.Pattern:
     "What would tie a page to the machine that built it: the checkout's folder and the folder that holds it, the home folder, a build's temporary folder, the host name."
     places = [Path.home(), *([PROJECT_ROOT, PROJECT_ROOT.resolve(), PROJECT_ROOT.resolve().parent] if PROJECT_ROOT else [])]
@@ -389,7 +389,7 @@ def machine_patterns() -> re.Pattern:
     if host and host != 'localhost': parts.append(rf'\b{re.escape(host)}\b')
     return re.compile('|'.join(parts))
 
-# %% ../nbs/06b_site.ipynb #3af66942
+# %% ../nbs/06b_site.ipynb #b446c157
 def check_site(site: Path  # a built site
               ) -> list[str]:  # the problems found, one line each; empty when there are none
     "Every internal link, image and anchor resolves; every page has the navigation (`NAV_LABELS`); no page names the machine."
@@ -417,7 +417,7 @@ def check_site(site: Path  # a built site
         if found: problems.append(f'{name}: machine-specific text {found.group(0)!r}')
     return problems
 
-# %% ../nbs/06b_site.ipynb #0516289a
+# %% ../nbs/06b_site.ipynb #dcf1e4c1
 CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync',
                   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1', '--window-size=1280,1600')
@@ -448,7 +448,7 @@ class _DevTools:
             try: self.events.append(json.loads(self.ws.recv()))
             except websocket.WebSocketTimeoutException: break
 
-# %% ../nbs/06b_site.ipynb #4ded44d3
+# %% ../nbs/06b_site.ipynb #4c8cebb3
 _PROBE = """(async () => {
   document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager');
   const broken = await Promise.all([...document.images].map(i => i.decode().then(() => null, () => i.src)));
@@ -485,7 +485,7 @@ def _page_report(tab: _DevTools, url: str, shots: Path, name: str, views: int, s
             'failed_loads': [e.get('errorText') for e in events('Network.loadingFailed') if not e.get('canceled')],
             'external_requests': sorted(u for u in requests if not u.startswith(('file:', 'data:', 'blob:', 'about:')))}
 
-# %% ../nbs/06b_site.ipynb #6c6b5756
+# %% ../nbs/06b_site.ipynb #b126d664
 def browser_check(site: Path,  # a built site
                   pages: list[str],  # pages to open, relative to `site`
                   shots: Path,  # where the screenshots go
