@@ -289,8 +289,8 @@ SPHINX_CONF = dict(
 )  # Sphinx's conf.py of the site, as settings
 SITE_CSS = """/* Scores: digits of one width, so that right-aligned numbers line up on their decimal point. */
 table td, table th { font-variant-numeric: tabular-nums; }
-/* A caption says what to look at: body text, not a faint note. */
-figure figcaption, figure figcaption p { color: var(--pst-color-text-base); font-size: 0.95em; }
+/* A caption says what to look at: body text, not a faint, thin note. */
+figure figcaption, figure figcaption p { color: var(--pst-color-text-base); font-weight: 400; font-size: 0.95em; }
 """
 _MATHJAX_PARTS = ('tex-chtml.js', 'output/chtml', 'input/tex', 'ui', 'a11y')  # what TeX input with HTML output loads
 
