@@ -114,10 +114,10 @@ def test_report_works_from_an_installed_package(tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
     code = """
-import metricner, metricner.paths, metricner.report as report
+import metricner, metricner.paths, metricner.report, metricner.grid as grid, metricner.site as site
 assert metricner.paths.PROJECT_ROOT is None and metricner.__file__.startswith(sys.argv[1]), metricner.__file__
-print(report.default_runs_dir(), len(report.grid()))
-for call in (report.build_site, report.stage_api_pages, lambda: report.run_grid(report.grid('smoke')[:1], log=lambda *_: None)):
+print(grid.default_runs_dir(), len(grid.grid()))
+for call in (site.build_site, lambda: site.stage_api_pages('api'), lambda: grid.run_grid(grid.grid('smoke')[:1], log=lambda *_: None)):
     try: call()
     except RuntimeError as error: print(error)
 """
