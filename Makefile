@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export METRICNER_DATA ?= $(CURDIR)/data/corpora
 
-.PHONY: install test test-fast check-sync readme nbtest pytest pytest-fast experiment results report stats bench clean-venv
+.PHONY: install test test-fast check-sync readme nbtest pytest pytest-fast experiment results report browser-check stats bench clean-venv
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): settings.ini setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,site]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -58,9 +58,18 @@ experiment: install
 results: install
 	$(BIN)/python -c "from metricner.grid import run_grid; run_grid()"
 
-# The report site from the committed records alone (Quarto where installed, else nbconvert) into _site/.
+# The report site from the committed records alone (Quarto where installed, else Sphinx with myst-nb) into _site/,
+# then checked: every link and image resolves, every page has the navigation, nothing names this machine.
 report: install
-	$(BIN)/python -c "from metricner.site import build_site; print(build_site())"
+	@start=$$(date +%s); $(BIN)/python -c "from metricner.site import build_site; print(build_site())" && \
+	echo "site built in $$(( $$(date +%s) - start )) s"
+	$(BIN)/python -c "from metricner.site import check_site; problems = check_site('_site'); print(*problems, sep='\n'); raise SystemExit(bool(problems))"
+
+# The built site in headless Chromium (Debian: apt-get install chromium): front page, results page, one run page;
+# screenshots in _site_shots/. Fails on a JavaScript error, a failed load, an image that does not load, or a request
+# to the internet.
+browser-check: install
+	$(BIN)/pytest -q tests/test_site.py -k browser
 
 stats: install
 	$(BIN)/metricner stats

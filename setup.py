@@ -19,6 +19,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+site_requirements = shlex.split(cfg.get('site_requirements', ''))
 lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 console_scripts = shlex.split(cfg.get('console_scripts', ''))
@@ -37,7 +38,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg['lib_name'] + '.resources': ['*.json']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'site': site_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

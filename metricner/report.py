@@ -18,11 +18,11 @@ from .experiments import code_fingerprint, ExperimentConfig, SETTINGS
 from .grid import BASELINES, default_runs_dir, METHOD, TRANSFER
 
 # %% auto #0
-__all__ = ['RECORD_COLUMNS', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'read_record', 'load_records', 'shown_path', 'main_runs',
-           'results_table', 'per_type_table', 'ablation_table', 'paired_bootstrap', 'per_document', 'bootstrap_table',
-           'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
-           'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
-           'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary']
+__all__ = ['RECORD_COLUMNS', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'read_record', 'load_records', 'shown_path', 'published_runs',
+           'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap',
+           'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift',
+           'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
+           'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -65,6 +65,18 @@ def shown_path(path,  # a file or folder
     path, root = Path(path).resolve(), Path(root or PROJECT_ROOT or Path.cwd()).resolve()
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else f'…/{path.name}'
 
+# %% ../nbs/06a_report.ipynb #a6d2bad8
+def published_runs(records: pd.DataFrame,  # as `load_records` returns
+                   profile: str  # the profile of the page
+                  ) -> tuple[pd.DataFrame, str]:  # the records to report, and a Markdown note ('' for current code)
+    "The records a page reports for `profile`: those made with the current code, else (none yet) those of older code, with a note naming their commits."
+    mine = records[records.profile == profile]
+    if mine.current.any() or not len(mine): return mine[mine.current], ''
+    commits = mine.commit.fillna('unknown').str[:7].value_counts()
+    made_at = ', '.join(f'`{commit}` ({n} run{"s" if n != 1 else ""})' for commit, n in commits.items())
+    return mine, (f'**Made with older code.** All {len(mine)} records of the {profile} profile were made with code older '
+                  f'than this build\'s, at commit {made_at}; they are shown as recorded.')
+
 # %% ../nbs/06a_report.ipynb #17574bef
 def main_runs(records: pd.DataFrame  # as `load_records` returns
              ) -> pd.DataFrame:  # the rows of the main comparison
@@ -77,8 +89,8 @@ def main_runs(records: pd.DataFrame  # as `load_records` returns
 def results_table(records: pd.DataFrame,  # as `load_records` returns
                   target: str,  # the target corpus of the table
                   metrics=('precision', 'recall', 'f1')  # the record columns shown
-                 ) -> pd.DataFrame:  # setting label × metric, Markdown cells
-    "Setting × metric, 'mean ± std (n)' in percent, the best few-shot mean in bold (Markdown)."
+                 ) -> pd.DataFrame:  # setting label × (metric, 'metric ±' per metric, then 'seeds'), Markdown cells
+    "Setting × metric in percent: the mean (the best few-shot mean in bold, Markdown), the standard deviation, the number of seeds."
     runs = main_runs(records)
     runs = runs[runs.target == target]
     stats = runs.groupby('setting')[list(metrics)].agg(['mean', 'std', 'count'])
@@ -87,11 +99,10 @@ def results_table(records: pd.DataFrame,  # as `load_records` returns
     few_shot = stats.loc[[s for s in stats.index if SETTINGS[s].few_shot]]
     for m in metrics:
         best = few_shot[(m, 'mean')].max()
-        def cell(s):
-            mean, std, n = stats.loc[s, (m, 'mean')], stats.loc[s, (m, 'std')], int(stats.loc[s, (m, 'count')])
-            text = f'{100 * mean:.2f}' + (f' ± {100 * std:.2f}' if n > 1 else '') + f' ({n})'
-            return f'**{text}**' if mean == best else text
-        table[m] = [cell(s) for s in table.index]
+        means = [f'{100 * mean:.2f}' for mean in stats.loc[table.index, (m, 'mean')]]
+        table[m] = [f'**{text}**' if stats.loc[s, (m, 'mean')] == best else text for s, text in zip(table.index, means)]
+        table[f'{m} ±'] = [f'{100 * std:.2f}' if n > 1 else '–' for std, n in stats.loc[table.index, [(m, 'std'), (m, 'count')]].to_numpy()]
+    table['seeds'] = [str(int(n)) for n in stats.loc[table.index, (metrics[-1], 'count')]]
     table.index = [SETTINGS[s].label for s in table.index]
     return table
 
@@ -127,6 +138,24 @@ def ablation_table(records: pd.DataFrame,  # as `load_records` returns
              for p, r, f in zip(*(runs[runs.setting == TRANSFER][m] for m in ('precision', 'recall', 'f1')))]
     table = pd.DataFrame(rows, columns=['run', 'precision', 'recall', 'f1']).set_index('run')
     return (100 * table).round(2)
+
+# %% ../nbs/06a_report.ipynb #2954cecc
+def score_markdown(table: pd.DataFrame,  # numbers in its numeric columns (other columns are shown as they are)
+                   best_of=None,  # a boolean mask of the rows that compete for the bold; default all
+                   digits: int = 2,  # decimals shown
+                   index: bool = True  # show the index as the first column
+                  ) -> str:  # a Markdown table
+    "`table` as Markdown: numbers right-aligned with `digits` decimals, the highest value of each numeric column in bold."
+    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    best_of = np.ones(len(table), dtype=bool) if best_of is None else np.asarray(best_of, dtype=bool)
+    shown = table.astype(object).copy()
+    for column in numeric:
+        values = table[column].to_numpy(dtype=float)
+        best = np.nanmax(values[best_of]) if (best_of & ~np.isnan(values)).any() else math.nan
+        shown[column] = ['' if math.isnan(v) else f'**{v:.{digits}f}**' if v == best and keep else f'{v:.{digits}f}'
+                         for v, keep in zip(values, best_of)]
+    align = (['left'] if index else []) + ['right' if c in numeric else 'left' for c in table.columns]
+    return shown.to_markdown(index=index, colalign=align, disable_numparse=True)
 
 # %% ../nbs/06a_report.ipynb #45ef5987
 def _f1(counts: np.ndarray) -> np.ndarray:
@@ -318,9 +347,10 @@ def plot_lambda_curve(records: pd.DataFrame,  # as `load_records` returns
 
 # %% ../nbs/06a_report.ipynb #205651ec
 def plot_feature_projection(folders: dict,  # panel title → run folder with `features.safetensors` and `features.json`
-                            seed: int = 0  # seed of t-SNE
+                            seed: int = 0,  # seed of t-SNE and of the sample
+                            max_points: int = 1000  # entities drawn per panel at most (a seeded sample; t-SNE's time grows with them)
                            ):  # a matplotlib figure, one panel per run
-    "t-SNE of entity features on target test documents, one panel per run: gold target vs source entities, and their silhouette."
+    "t-SNE of entity features on target test documents, one panel per run: gold target vs source entities, and their silhouette over all of them."
     from safetensors.torch import load_file
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score
@@ -329,13 +359,15 @@ def plot_feature_projection(folders: dict,  # panel title → run folder with `f
     for ax, (name, folder) in zip(axes[0], folders.items()):
         meta = json.loads((Path(folder) / 'features.json').read_text(encoding='utf-8'))
         feats = load_file(str(Path(folder) / 'features.safetensors'))['features'].float().numpy()
-        points = TSNE(n_components=2, init='pca', perplexity=min(30, max(5, len(feats) // 4)), random_state=seed).fit_transform(feats)
-        labels = ['target entity (gold)' if g == 'target' else f'source entity ({meta["source_entities"]})' for g in meta['groups']]
+        shown = np.sort(np.random.default_rng(seed).permutation(len(feats))[:max_points])
+        points = TSNE(n_components=2, init='pca', perplexity=min(30, max(5, len(shown) // 4)), random_state=seed).fit_transform(feats[shown])
+        labels = ['target entity (gold)' if meta['groups'][i] == 'target' else f'source entity ({meta["source_entities"]})' for i in shown]
         sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels, s=8, alpha=0.6, linewidth=0, ax=ax)
         # t-SNE distorts distances, so the separation is measured on the features themselves
         separation = (f'silhouette (cosine) of the two groups: {silhouette_score(feats, meta["groups"], metric="cosine"):.3f}'
                       if len(set(meta['groups'])) == 2 else 'one group only')
-        ax.set(title=f'{name}\n{separation}', xticks=[], yticks=[])
+        sample = f' ({len(shown):,} of {len(feats):,} entities drawn)' if len(shown) < len(feats) else ''
+        ax.set(title=f'{name}{sample}\n{separation}', xticks=[], yticks=[])
         ax.legend(fontsize=9, markerscale=2, loc='upper center', bbox_to_anchor=(0.5, -0.02), frameon=False)  # below: no point hidden
     fig.suptitle('Entity features on target test documents (t-SNE)')
     fig.tight_layout()

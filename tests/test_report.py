@@ -1,4 +1,4 @@
-"The report: grid driver bookkeeping, tables, bootstrap, and the site built from records alone (smoke records)."
+"The report: grid driver bookkeeping, tables, bootstrap and claims from records (smoke records). The site: tests/test_site.py."
 import json
 import os
 import sys
@@ -14,7 +14,6 @@ from metricner.grid import cell_status, grid, grid_progress, run_folder
 from metricner.report import (
     claims, bootstrap_table, load_records, paired_bootstrap, per_type_table, plot_feature_projection,
     precision_recall_shift, results_table)
-from metricner.site import build_site, stage_api_pages
 
 
 def test_grid_matches_the_issue():
@@ -64,7 +63,7 @@ def test_records_and_table(smoke_results):
     assert len(records) == 6 and set(records.setting) == {'target_only', 'direct_transfer', 'eg_ed'}
     table = results_table(records, 'bc5cdr')
     assert list(table.index) == ['Target Only', 'Direct Transfer', 'EG+ED']
-    assert all('(2)' in cell for cell in table['f1'])
+    assert list(table['seeds']) == ['2', '2', '2']
     assert sum(cell.startswith('**') for cell in table['f1']) >= 1
     per_type = per_type_table(records, 'bc5cdr')
     assert list(per_type.index) == ['Target Only', 'Direct Transfer', 'EG+ED'] and per_type.columns[0].startswith('Chemical (')
@@ -108,61 +107,6 @@ def test_grid_progress_finds_a_recorded_cell(tmp_path, data_dir, monkeypatch):
     assert len(progress) == len(grid()) and list(progress[progress.status == 'done'].folder) == [str(folder)]
 
 
-@pytest.mark.slow
-def test_site_builds_from_records_alone(smoke_results, tmp_path):
-    import shutil
-    import nbformat
-    records = tmp_path / 'records'
-    shutil.copytree(smoke_results, records)
-    # a run notebook as papermill records it: the absolute paths of the checkout it ran in, in its parameters and output
-    ran_in = '/home/someone/metricner'
-    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f'out_dir = "{ran_in}/results/runs/smoke/pc/eg_ed-42"')])
-    run.cells[0].outputs = [nbformat.v4.new_output('stream', name='stderr', text=f'{ran_in}/.venv/lib/tqdm/auto.py:21: TqdmWarning\n')]
-    run.metadata['papermill'] = {'input_path': f'{ran_in}/nbs/run_experiment.ipynb'}
-    nbformat.write(run, str(records / 'eg_ed-42' / 'run.ipynb'))
-    index = build_site(tmp_path / 'site', results=records, use_quarto=False, profile='smoke')
-    html = index.read_text()
-    for page in ('overview.html', 'method.html', 'results.html'):
-        assert page in html and (tmp_path / 'site' / page).exists()
-    results = (tmp_path / 'site' / 'results.html').read_text()
-    assert 'bc5cdr' in results and 'EG+ED' in results and 'data:image/png' in results  # tables and figures rendered
-    assert 'echo: false' not in results  # Quarto's front matter (a raw cell) is not shown as text
-    assert '6 records under …/records' in results  # the page read the records it was given, not the project's
-    assert 'stage-1 models stopped at the epoch cap' in results  # the source-stage section found the two-stage runs
-    run_page = (tmp_path / 'site' / 'runs' / 'run-eg_ed-42.html').read_text()
-    assert 'results/runs/smoke/pc/eg_ed-42' in run_page and '.venv/lib/tqdm/auto.py' in run_page and ran_in not in run_page
-    for page in (results, run_page, html):  # no absolute path of the machine that built or ran it
-        assert str(tmp_path) not in page and str(PROJECT_ROOT) not in page
-    api = (tmp_path / 'site' / 'api' / '00a_readers.html').read_text()
-    assert 'read_standoff' in api and '#| export' not in api  # the library's code, without nbdev's directives
-
-
-def test_quarto_config_names_pages_that_exist():
-    "Every page _quarto.yml renders or links is there once `make report` has staged the library pages."
-    import yaml
-    config = yaml.safe_load((PROJECT_ROOT / '_quarto.yml').read_text())
-    stage_api_pages()
-    globs = [*config['project']['render'], *(item['href'] for item in config['website']['navbar']['left']),
-             *(section['contents'] for section in config['website']['sidebar']['contents'])]
-    for pattern in globs:
-        assert list(PROJECT_ROOT.glob(pattern)), f'_quarto.yml: {pattern} matches no file'
-
-
-def test_quarto_build_stages_pages_and_passes_the_records(tmp_path, monkeypatch):
-    "With Quarto on the PATH, build_site renders the project with the results folder and profile in Quarto's environment."
-    fake = tmp_path / 'bin' / 'quarto'
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "$@|$PWD|$METRICNER_RESULTS|$METRICNER_REPORT_PROFILE|$QUARTO_PYTHON" > "$CALLS"\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
-    monkeypatch.setenv('CALLS', str(tmp_path / 'calls'))
-    index = build_site(tmp_path / 'site', results=tmp_path / 'records', profile='smoke')
-    assert index == tmp_path / 'site' / 'index.html'
-    assert (tmp_path / 'calls').read_text().strip() == f'render --output-dir {tmp_path / "site"}|{PROJECT_ROOT}|{tmp_path / "records"}|smoke|{sys.executable}'
-    assert (PROJECT_ROOT / 'api' / '00a_readers.ipynb').exists()  # the library pages Quarto renders were staged first
-
-
-@pytest.mark.slow
 def test_report_works_from_an_installed_package(tmp_path):
     """Without a checkout (no settings.ini and nbs/ above the package) the module imports and knows its grid and default
     folders; the grid driver and the site say that they need a checkout."""
@@ -174,10 +118,10 @@ def test_report_works_from_an_installed_package(tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
     code = """
-import metricner, metricner.paths, metricner.grid as grid, metricner.site as site
+import metricner, metricner.paths, metricner.report, metricner.grid as grid, metricner.site as site
 assert metricner.paths.PROJECT_ROOT is None and metricner.__file__.startswith(sys.argv[1]), metricner.__file__
 print(grid.default_runs_dir(), len(grid.grid()))
-for call in (site.build_site, site.stage_api_pages, lambda: grid.run_grid(grid.grid('smoke')[:1], log=lambda *_: None)):
+for call in (site.build_site, lambda: site.stage_api_pages('api'), lambda: grid.run_grid(grid.grid('smoke')[:1], log=lambda *_: None)):
     try: call()
     except RuntimeError as error: print(error)
 """
