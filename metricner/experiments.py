@@ -331,6 +331,8 @@ def run_arguments(parameters: dict,  # parameter name → value, as `cmd_run` co
         value = parameters.get(p.name)
         if p.kind is dict:
             for key, item in (value or {}).items(): out += [p.option, f'{key}={json.dumps(item)}']
+        elif p.kind is bool:  # a flag: given when it changes the default
+            if value is not None and value != p.default: out.append(p.option)
         elif value is not None:
             out += [p.option, ','.join(value) if isinstance(value, list) else str(value)]
     return out
