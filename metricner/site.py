@@ -496,12 +496,15 @@ def browser_check(site: Path,  # a built site
     "Open `pages` of a built site from the file system in headless Chromium; report JavaScript errors, failed loads, broken images and requests to the internet."
     shots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
+        log = open(Path(profile) / 'chromium.log', 'w+')  # what the browser says, for the error when it does not start
         browser = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', '--remote-debugging-port=0', 'about:blank'],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=log, stderr=subprocess.STDOUT)
         try:
-            port_file, end = Path(profile) / 'DevToolsActivePort', time.time() + 30
+            port_file, end = Path(profile) / 'DevToolsActivePort', time.time() + 120  # a cold start on a busy machine is slow
             while not port_file.exists() or not port_file.read_text().strip():  # the browser writes its port when it listens
-                if time.time() > end or browser.poll() is not None: raise RuntimeError(f'{chromium} did not start')
+                if time.time() > end or browser.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f'{chromium} did not start (exit code {browser.poll()}): {log.read()[-2000:]}')
                 time.sleep(0.1)
             import urllib.request
             port = port_file.read_text().split()[0]
@@ -512,7 +515,7 @@ def browser_check(site: Path,  # a built site
             report = {page: _page_report(tab, (Path(site) / page).resolve().as_uri(), shots, re.sub(r'\W+', '-', page), views, settle)
                       for page in pages}
         finally:
-            browser.terminate(); browser.wait(30)
+            browser.terminate(); browser.wait(30); log.close()
     report['problems'] = [f'{page}: {kind}: {item}' for page, r in report.items()
                           for kind in ('js_errors', 'failed_loads', 'broken_images', 'external_requests') for item in r[kind]]
     return report
