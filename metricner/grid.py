@@ -25,7 +25,7 @@ from metricner.experiments import (
 # %% auto #0
 __all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'known_settings', 'grid', 'default_runs_dir',
            'run_folder', 'require_checkout', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
-           'worker_environment', 'run_grid', 'stage1_group', 'grid_commands']
+           'worker_environment', 'cells_to_do', 'run_grid', 'stage1_group', 'grid_commands']
 
 # %% ../nbs/06_grid.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -191,6 +191,15 @@ def _start_worker(numbers, jobs: int) -> None:
     "Process-pool initialiser: take a worker number and set this worker's device before torch starts."
     os.environ.update(worker_environment(numbers.get(), jobs))
 
+# %% ../nbs/06_grid.ipynb #e975431d
+def cells_to_do(runs: list[dict],  # grid runs
+                root: Path | None = None,  # the runs folder; default `default_runs_dir()`
+                keep_stale: bool = False  # count records of older code as done
+               ) -> list[dict]:  # the runs whose record is missing (or stale, unless `keep_stale`), in the given order
+    "The runs of a grid that still have to be made."
+    done = ('done', 'stale') if keep_stale else ('done',)
+    return [r for r in runs if cell_status(r, root) not in done]
+
 # %% ../nbs/06_grid.ipynb #c20dca88
 def run_grid(runs: list[dict] | None = None,  # grid runs to consider; default the whole `grid()`
              keep_stale: bool = False,  # count records of older code as done
@@ -201,7 +210,7 @@ def run_grid(runs: list[dict] | None = None,  # grid runs to consider; default t
             ) -> list[dict]:  # the runs it ran, or would run
     "Run every grid cell that is not done (in grid order, `jobs` at a time); a failed run is reported and the others still run."
     runs = runs or grid()
-    todo = [r for r in runs if cell_status(r, root) not in (('done', 'stale') if keep_stale else ('done',))]
+    todo = cells_to_do(runs, root, keep_stale)
     log(f'{len(todo)} of {len(runs)} grid runs to do' + (f', {jobs} at a time' if jobs > 1 else ''))
     if dry_run or not todo: return todo
     if jobs < 1: raise ValueError(f'jobs must be at least 1, not {jobs}')
@@ -243,7 +252,7 @@ def grid_commands(runs: list[dict] | None = None,  # grid runs to consider; defa
                  ) -> list[str]:  # shell commands, stage-1 producers first
     "One `metricner run` command per missing cell: the first cell of each stage-1 model first, then the rest, in grid order."
     runs = runs or grid()
-    todo = [r for r in runs if cell_status(r, root) not in (('done', 'stale') if keep_stale else ('done',))]
+    todo = cells_to_do(runs, root, keep_stale)
     groups = [stage1_group(r) for r in todo]
     producers = {g: i for i, g in reversed(list(enumerate(groups))) if g is not None}
     order = sorted(range(len(todo)), key=lambda i: (producers.get(groups[i]) != i, i))
