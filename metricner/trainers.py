@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -29,9 +33,9 @@ from .events import AuxSimilarity, entity_key
 from .losses import MultiSimilarityLoss
 
 # %% auto #0
-__all__ = ['PSEUDO', 'score', 'document_counts', 'overlap_share', 'source_false_positives', 'PseudoLabels', 'pseudo_labels',
-           'TrainConfig', 'optimizer_for', 'EntitySelector', 'TypeGrouping', 'PseudoDiscrimination', 'evaluate',
-           'train_stage', 'unit_entity_features']
+__all__ = ['PSEUDO', 'STOP_REASONS', 'score', 'document_counts', 'overlap_share', 'source_false_positives', 'PseudoLabels',
+           'pseudo_labels', 'TrainConfig', 'optimizer_for', 'EntitySelector', 'TypeGrouping', 'PseudoDiscrimination',
+           'evaluate', 'stop_reason', 'StageCheckpoint', 'train_stage', 'unit_entity_features']
 
 # %% ../nbs/04_trainers.ipynb #abb5b6ed
 def _rounded(report: dict) -> dict:
@@ -319,7 +323,47 @@ def _pass_entities(hidden, batch, tagger, units, entities, sizes, world):
         keys = [k for rank_keys in gather_objects(keys, world) for k in (rank_keys or [])]
     return feats, labels, entities.aux_of(keys, feats)
 
+# %% ../nbs/04_trainers.ipynb #ef2848a4
+def _rng_state(device: torch.device) -> tuple:
+    "The random state dropout draws from: the CPU generator's, and the GPU's on CUDA."
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
 
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None: torch.cuda.set_rng_state(state[1], device)
+
+
+@dataclass
+class _StepEntities:
+    "The MS term of a whole step, computed ahead of the passes that backpropagate it."
+    value: float  # the loss over every entity of the step (all passes, all ranks)
+    grads: list[torch.Tensor]  # per pass: the loss's gradient w.r.t. this rank's entity features of that pass
+    rng: list[tuple]  # per pass: the random state its forward started from, so the second forward draws the same dropout
+
+
+def _step_entities(tagger, micro_batches, units, entities, loss, table, world) -> _StepEntities:
+    "First sweep over a step's passes, without graphs: the MS loss over all their entities and its feature gradients."
+    rng, feats, labels, keys = [], [], [], []
+    with torch.no_grad():
+        for b in micro_batches:
+            rng.append(_rng_state(tagger.device))
+            if b is None: continue  # an empty share: nothing to encode
+            _, hidden = tagger(b.input_ids, b.attention_mask)
+            f, l, k = entities.entities(hidden, b, tagger, units)
+            feats.append(f); labels.append(l); keys.extend(k or [])
+    sizes = table[:, :, 1].sum(1).tolist()  # each rank's entities over all passes
+    local = torch.cat(feats) if feats else torch.zeros(0, tagger.hidden_size, device=tagger.device)
+    every = gather_rows(local, sizes, world).detach().requires_grad_()
+    every_label = gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=tagger.device), sizes, world)
+    if world.size > 1: keys = [k for rank_keys in gather_objects(keys, world) for k in rank_keys]
+    ms = loss(every, every_label, entities.aux_of(keys, every))
+    grad, = torch.autograd.grad(ms, every)
+    start = sum(sizes[:world.rank])
+    mine = grad[start:start + sizes[world.rank]]
+    return _StepEntities(float(ms.detach()), list(mine.split(table[world.rank, :, 1].tolist())), rng)
+
+# %% ../nbs/04_trainers.ipynb #c6cc89b7
 def _step(tagger, micro_batches, units, config, optimizer, entities=None, loss=None, world=World(), model=None,
           stand_in=None) -> tuple[float, float]:
     "One optimizer step over this rank's micro-batches (None: an empty share, run on `stand_in` with weight 0); returns (CE, MS) of the global step."
@@ -327,29 +371,95 @@ def _step(tagger, micro_batches, units, config, optimizer, entities=None, loss=N
     table = _counts(micro_batches, tagger, entities if use_ms else None, world)  # [ranks, passes, 2]
     labelled, step_entities = int(table[..., 0].sum()), int(table[..., 1].sum())
     if labelled == 0: return 0.0, 0.0
-    model = model or tagger
+    model, ms_on = model or tagger, use_ms and step_entities > 1
+    # Several passes: the MS term of the whole step first, its gradients then replayed through each pass's graph
+    ahead = _step_entities(tagger, micro_batches, units, entities, loss, table, world) if ms_on and len(micro_batches) > 1 else None
     optimizer.zero_grad(set_to_none=True)
-    ce_total = ms_total = 0.0
+    ce_total, ms_value = 0.0, ahead.value if ahead else 0.0
     for k, b in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with contextlib.nullcontext() if last or world.size == 1 else model.no_sync():  # DDP all-reduces once per step
+            if ahead: _set_rng_state(ahead.rng[k], tagger.device)  # the dropout of the first sweep
             inputs = b if b is not None else stand_in
             logits, hidden = model(inputs.input_ids, inputs.attention_mask)
             n = int(table[world.rank, k, 0])
             ce = tagging_loss(logits, b.labels) * (n / labelled) if n else logits.sum() * 0
             # DDP averages the ranks' gradients: × ranks makes the average their sum, the gradient of the whole step
-            total, ms_value = ce * world.size, 0.0
-            pass_entities = table[:, k, 1]
-            if use_ms and int(pass_entities.sum()) > 1:
-                feats, labels, aux = _pass_entities(hidden, b, tagger, units, entities, pass_entities.tolist(), world)
-                share = int(pass_entities.sum()) / step_entities  # the pass's anchors' share of the step's: sum over anchors ÷ all entities
+            total = ce * world.size
+            if ahead and b is not None and len(ahead.grads[k]):
+                feats = entities.entities(hidden, b, tagger, units)[0]
+                total = total + (feats * ahead.grads[k]).sum() * (config.ms_weight * world.size)
+            elif ms_on and not ahead:  # one pass: the term in the same graph
+                feats, labels, aux = _pass_entities(hidden, b, tagger, units, entities, table[:, k, 1].tolist(), world)
                 ms = loss(feats, labels, aux)  # the same on every rank; its gradient reaches this rank's entities only
-                total = total + config.ms_weight * ms * share * world.size
-                ms_value = float(ms.detach()) * share
+                total = total + config.ms_weight * ms * world.size
+                ms_value = float(ms.detach())
             total.backward()
-        ce_total += float(ce.detach()); ms_total += ms_value
+        ce_total += float(ce.detach())
     optimizer.step()
-    return all_sum([ce_total], world)[0], ms_total
+    return all_sum([ce_total], world)[0], ms_value
+
+# %% ../nbs/04_trainers.ipynb #13f58d48
+STOP_REASONS = ('patience', 'max_epochs', 'max_steps', 'max_seconds')
+"Why a stage stopped: `patience` (dev F1 stopped rising: the stage converged) or one of its caps."
+
+
+def stop_reason(config: TrainConfig,  # the stage's settings
+                epoch: int,  # the epoch just finished (from 1)
+                best_epoch: int,  # the epoch whose weights are kept
+                steps: int,  # optimizer steps so far
+                seconds: float,  # training time so far
+                world: World = World()  # the ranks (a time budget is decided the same on every rank)
+               ) -> str | None:  # one of `STOP_REASONS`, or None to go on
+    "Whether a stage stops after `epoch`, and why; patience wins when it coincides with a cap."
+    if epoch >= config.min_epochs and epoch - best_epoch >= config.patience: return 'patience'
+    if epoch >= config.max_epochs: return 'max_epochs'
+    if config.max_steps is not None and steps >= config.max_steps: return 'max_steps'
+    if config.max_seconds is not None and any_rank(seconds > config.max_seconds, world): return 'max_seconds'
+    return None
+
+# %% ../nbs/04_trainers.ipynb #b12dd415
+class StageCheckpoint:
+    "A stage's state after its last finished epoch, in a folder: an interrupted stage resumes from it exactly."
+    def __init__(self, folder: Path  # where the state is kept (created when first saved)
+                ): self.folder = Path(folder)
+
+    def save(self, tagger: Tagger, optimizer: torch.optim.Optimizer, best: dict, progress: dict,
+             rng: list[torch.Tensor]) -> None:
+        "Write the trainable weights, the best ones, the optimizer, every rank's random state and `progress`, atomically."
+        from safetensors.torch import save_file
+        opt = optimizer.state_dict()
+        tensors = {**{f'current.{k}': v for k, v in _trainable_state(tagger).items()},
+                   **{f'best.{k}': v for k, v in best.items()},
+                   **{f'optimizer.{i}.{name}': torch.as_tensor(v) for i, s in opt['state'].items() for name, v in s.items()},
+                   **{f'rng.{rank}': state for rank, state in enumerate(rng)}}
+        partial = self.folder.with_name(f'.{self.folder.name}.partial-{os.getpid()}')
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial / 'state.safetensors'))
+        (partial / 'progress.json').write_text(json.dumps({**progress, 'param_groups': opt['param_groups']}, indent=1), encoding='utf-8')
+        shutil.rmtree(self.folder, ignore_errors=True)
+        partial.rename(self.folder)
+
+    def load(self, tagger: Tagger, optimizer: torch.optim.Optimizer, world: World = World()):
+        "`(best weights, progress)` after restoring the tagger, optimizer and this rank's random state; None without a checkpoint."
+        if not (self.folder / 'progress.json').exists(): return None
+        from safetensors.torch import load_file
+        progress = json.loads((self.folder / 'progress.json').read_text(encoding='utf-8'))
+        tensors = load_file(str(self.folder / 'state.safetensors'))
+        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        current, rng = part('current.'), part('rng.')
+        if set(current) != set(_trainable_state(tagger)) or len(rng) != world.size:
+            raise ValueError(f'{self.folder}: the checkpoint holds {len(current)} trainable tensors and {len(rng)} ranks\' '
+                             f'random states; this stage has {len(_trainable_state(tagger))} and {world.size} ranks')
+        tagger.load_state_dict(current, strict=False)
+        state: dict = {}
+        for key, value in part('optimizer.').items():
+            index, name = key.split('.', 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({'state': state, 'param_groups': progress.pop('param_groups')})
+        torch.set_rng_state(rng[str(world.rank)])
+        return part('best.'), progress
 
 # %% ../nbs/04_trainers.ipynb #956d8cff
 def _trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
@@ -373,9 +483,10 @@ def train_stage(tagger: Tagger,  # trained in place
                 config: TrainConfig,  # the stage's settings; `ms_weight` is λ
                 entities: EntitySelector | None = None,  # which entities of a batch enter the metric-learning term
                 loss: MultiSimilarityLoss | None = None,  # the metric-learning loss, called as `loss(feats, labels, aux)`
-                description: str = 'training'  # label of the progress bar
-               ) -> tuple[Tagger, list[dict]]:  # the tagger with its best-dev weights, and one record per epoch
-    "Train in place with early stopping on dev micro-F1; returns the tagger with its best-dev weights, and the history."
+                description: str = 'training',  # label of the progress bar
+                checkpoint: Path | None = None  # a folder kept up to date after every epoch; an interrupted stage resumes from it
+               ) -> tuple[Tagger, list[dict], dict]:  # the tagger with its best-dev weights, one record per epoch, and how it stopped
+    "Train in place with early stopping on dev micro-F1; returns the tagger with its best-dev weights, the history and the stop."
     _check_metric_term(config, entities, loss)
     world = current_world()
     torch.manual_seed(rank_seed(config.seed, world)); random.seed(config.seed); np.random.seed(config.seed % 2 ** 32)
@@ -383,23 +494,27 @@ def train_stage(tagger: Tagger,  # trained in place
     model = data_parallel(tagger, world)  # the same weights on every rank (DDP broadcasts rank 0's)
     optimizer = optimizer_for(tagger, config)
     micro = config.micro_batch_size or config.batch_size
-    history, best_f1, best_state, best_epoch, started = [], -1.0, _trainable_state(tagger), 0, time.perf_counter()
-    total_steps = 0
-    progress = config.progress and world.main
-    bar = tqdm(range(1, config.max_epochs + 1), desc=description, disable=not progress, leave=False)
-    for epoch in bar:
+    saved = StageCheckpoint(checkpoint) if checkpoint is not None else None
+    resumed = saved.load(tagger, optimizer, world) if saved else None
+    best_state, progress = resumed or (_trainable_state(tagger), {'history': [], 'best_f1': -1.0, 'best_epoch': 0, 'steps': 0, 'seconds': 0.0})
+    history, best_f1, best_epoch, total_steps = progress['history'], progress['best_f1'], progress['best_epoch'], progress['steps']
+    started = time.perf_counter() - progress['seconds']
+    first, reason = len(history) + 1, stop_reason(config, len(history), best_epoch, total_steps, progress['seconds'], world) if history else None
+    show = config.progress and world.main
+    bar = tqdm(range(first, config.max_epochs + 1), desc=description, disable=not show or reason is not None, leave=False)
+    for epoch in bar if reason is None else ():
         tagger.train()
         epoch_started, ce_sum, ms_sum, steps = time.perf_counter(), 0.0, 0.0, 0
         steps_of_epoch = length_batches([len(w) for w in windows], config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch)
-        for idx in tqdm(steps_of_epoch, desc=f'epoch {epoch}', disable=not progress, leave=False):
+        for idx in tqdm(steps_of_epoch, desc=f'epoch {epoch}', disable=not show, leave=False):
             step = [windows[i] for i in idx]
-            batch = lambda share: collate(share, tagger.tokenizer.pad_token_id).to(tagger.device)
+            batch = lambda share: collate(share, tagger.tokenizer.pad_token_id).to(tagger.device)  # noqa: E731
             parts = [batch(share) if share else None for share in pass_shares(step, micro, world)]
             stand_in = batch(step[:1]) if None in parts else None
             ce, ms = _step(tagger, parts, train, config, optimizer, entities, loss, world, model, stand_in)
             ce_sum, ms_sum, steps = ce_sum + ce, ms_sum + ms, steps + 1
             bar.set_postfix(loss=f'{(ce_sum + config.ms_weight * ms_sum) / steps:.4f}', dev_f1=f'{max(best_f1, 0):.4f}', refresh=False)
-        dev_scores, _ = evaluate(tagger, dev, config.eval_batch_size, progress, world) if dev else ({'f1': 0.0, 'precision': 0.0, 'recall': 0.0}, None)
+        dev_scores, _ = evaluate(tagger, dev, config.eval_batch_size, show, world) if dev else ({'f1': 0.0, 'precision': 0.0, 'recall': 0.0}, None)
         improved = dev_scores['f1'] > best_f1
         if improved: best_f1, best_state, best_epoch = dev_scores['f1'], _trainable_state(tagger), epoch
         history.append({'epoch': epoch, 'ce': ce_sum / max(steps, 1), 'ms': ms_sum / max(steps, 1),
@@ -407,12 +522,17 @@ def train_stage(tagger: Tagger,  # trained in place
                         'best': improved, 'seconds': time.perf_counter() - epoch_started})
         bar.set_postfix(loss=f'{history[-1]["ce"] + config.ms_weight * history[-1]["ms"]:.4f}', dev_f1=f'{dev_scores["f1"]:.4f}')
         total_steps += steps
-        if epoch >= config.min_epochs and epoch - best_epoch >= config.patience: break
-        if config.max_steps is not None and total_steps >= config.max_steps: break
-        if config.max_seconds is not None and any_rank(time.perf_counter() - started > config.max_seconds, world): break
+        if saved:  # every rank's random state, written by rank 0: the next epoch can start from here
+            rng = gather_objects(torch.get_rng_state(), world) if world.size > 1 else [torch.get_rng_state()]
+            if world.main: saved.save(tagger, optimizer, best_state, {'history': history, 'best_f1': best_f1, 'best_epoch': best_epoch,
+                                                                       'steps': total_steps, 'seconds': time.perf_counter() - started}, rng)
+        reason = stop_reason(config, epoch, best_epoch, total_steps, time.perf_counter() - started, world)
+        if reason: break
     bar.close()
     tagger.load_state_dict(best_state, strict=False)
-    return tagger.eval(), history
+    stopped = {'epoch': len(history), 'best_epoch': best_epoch, 'reason': reason, 'converged': reason == 'patience',
+               'resumed_after': first - 1 if resumed else None}
+    return tagger.eval(), history, stopped
 
 # %% ../nbs/04_trainers.ipynb #6fb6fb0d
 @torch.no_grad()

@@ -26,7 +26,7 @@ def main(tiny, out):
     records = AuxSimilarity(['aspirin', 'ibuprofen', 'gene', 'protein', 'aspirin'], torch.randn(5, 8, generator=torch.Generator().manual_seed(1)))
     tagger = Tagger.build(tiny, labels=LABELS, mode='full', seed=0, dropout=0.0)
     config = TrainConfig(lr=3e-3, batch_size=8, micro_batch_size=4, max_epochs=6, patience=6, ms_weight=1.2, progress=False)
-    tagger, history = train_stage(tagger, train, dev, config, entities=TypeGrouping(records), loss=MultiSimilarityLoss(**PAPER_SOURCE_MS))
+    tagger, history, _ = train_stage(tagger, train, dev, config, entities=TypeGrouping(records), loss=MultiSimilarityLoss(**PAPER_SOURCE_MS))
     scores, _ = evaluate(tagger, test)
     if world.main: Path(out, f'stage-{world.size}.json').write_text(json.dumps({'history': history, 'test': scores}))
     if launched_by_torchrun(): dist.destroy_process_group()

@@ -49,30 +49,46 @@ def test_accumulated_cross_entropy_equals_the_whole_batch(setup):
     for name in whole: torch.testing.assert_close(accumulated[name], whole[name], atol=1e-6, rtol=1e-4)
 
 
-def test_one_step_with_the_ms_term_matches_the_reference_loss(setup):
-    """One optimizer step (micro-batches of 3 windows) against the objective written out with the loop reference loss:
-    cross-entropy over the step's labelled words + lambda * (sum over the step's anchors of L_i) / (the step's entities)."""
-    units, backbone = setup
-    tagger = Tagger.build(backbone, labels=LABELS, mode='full').eval()  # eval: no dropout, so both paths see the same
-    reference = copy.deepcopy(tagger)
+def _grouping():
     records = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
-    entities = TypeGrouping(AuxSimilarity(['aspirin', 'ibuprofen', 'gene', 'aspirin'], records))
-    config = TrainConfig(lr=1e-3, batch_size=12, micro_batch_size=3, ms_weight=1.2, progress=False)
-    windows, _ = tagger.encode(units)
-    parts = [collate(windows[i:i + 3], tagger.tokenizer.pad_token_id) for i in range(0, len(windows), 3)]
-    _step(tagger, parts, units, config, optimizer_for(tagger, config), entities, MultiSimilarityLoss(**PAPER_SOURCE_MS))
+    return TypeGrouping(AuxSimilarity(['aspirin', 'ibuprofen', 'gene', 'aspirin'], records))
 
+
+def _passes(tagger, units, micro):
+    windows, _ = tagger.encode(units)
+    return [collate(windows[i:i + micro], tagger.tokenizer.pad_token_id) for i in range(0, len(windows), micro)]
+
+
+def _reference_step(reference, parts, units, entities, config):
+    """The step's objective written out with the loop reference loss, every pass's graph kept: cross-entropy over the
+    step's labelled words + lambda * the MS loss over all the step's entities (the paper's: one batch, one MS term)."""
     labelled = sum(int((b.labels != IGNORE).sum()) for b in parts)
-    n_entities = sum(t.startswith('B-') for u in units for t in u.tags)  # every unit fits one window
-    ce = ms_sum = 0.0
+    ce, feats, labels, keys = 0.0, [], [], []
     for b in parts:
         logits, hidden = reference(b.input_ids, b.attention_mask)
         ce = ce + torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=IGNORE, reduction='sum')
-        feats, labels, aux = entities(hidden, b, reference, units)
-        if len(feats) > 1: ms_sum = ms_sum + len(feats) * multi_similarity_loss_reference(feats, labels, aux, **PAPER_SOURCE_MS)
+        f, l, k = entities.entities(hidden, b, reference, units)
+        feats.append(f); labels.append(l); keys += k
+    feats = torch.cat(feats)
+    ms = multi_similarity_loss_reference(feats, torch.cat(labels), entities.aux_of(keys, feats), **PAPER_SOURCE_MS)
+    (ce / labelled + config.ms_weight * ms).backward()
+    return len(feats)
+
+
+def test_one_step_with_the_ms_term_matches_the_reference_loss(setup):
+    "One optimizer step in micro-batches of 3 windows against the whole step's objective with the loop reference loss."
+    units, backbone = setup
+    tagger = Tagger.build(backbone, labels=LABELS, mode='full').eval()  # eval: no dropout, so both paths see the same
+    reference = copy.deepcopy(tagger)
+    entities = _grouping()
+    config = TrainConfig(lr=1e-3, batch_size=12, micro_batch_size=3, ms_weight=1.2, progress=False)
+    parts = _passes(tagger, units, 3)
+    _step(tagger, parts, units, config, optimizer_for(tagger, config), entities, MultiSimilarityLoss(**PAPER_SOURCE_MS))
+
     optimizer = optimizer_for(reference, config)
-    (ce / labelled + config.ms_weight * ms_sum / n_entities).backward()
+    n_entities = _reference_step(reference, parts, units, entities, config)
     optimizer.step()
+    assert n_entities == sum(t.startswith('B-') for u in units for t in u.tags)  # every unit fits one window
 
     grads = {n: p.grad for n, p in tagger.named_parameters()}
     for name, p in reference.named_parameters():
@@ -83,6 +99,31 @@ def test_one_step_with_the_ms_term_matches_the_reference_loss(setup):
     without_ms = grads_after_step(units, backbone, 3)  # the MS term moves the gradient: the comparison is not vacuous
     assert not torch.allclose(without_ms['encoder.embeddings.word_embeddings.weight'],
                               grads['encoder.embeddings.word_embeddings.weight'], rtol=1e-2, atol=1e-6)
+
+
+def test_the_ms_term_sees_the_whole_step_however_it_is_cut(setup):
+    "The same step in one pass (the term in the pass's graph) and in four (the term computed ahead): the same gradient."
+    units, backbone = setup
+    loss = MultiSimilarityLoss(**PAPER_SOURCE_MS)
+    one, four = (grads_after_step(units, backbone, micro, _grouping(), loss, ms_weight=1.2) for micro in (12, 3))
+    for name in one: torch.testing.assert_close(four[name], one[name], rtol=1e-4, atol=1e-7)
+
+
+def test_micro_batches_replay_their_dropout(setup):
+    """With dropout on, the step cut into passes equals the written-out objective whose passes drew their dropout in the
+    same order: the second sweep replays the first sweep's draws (without the replay the gradients differ)."""
+    units, backbone = setup
+    tagger = Tagger.build(backbone, labels=LABELS, mode='full').train()
+    reference = copy.deepcopy(tagger)
+    config = TrainConfig(lr=1e-3, batch_size=12, micro_batch_size=3, ms_weight=1.2, progress=False)
+    parts = _passes(tagger, units, 3)
+    torch.manual_seed(5)
+    _step(tagger, parts, units, config, optimizer_for(tagger, config), _grouping(), MultiSimilarityLoss(**PAPER_SOURCE_MS))
+    torch.manual_seed(5)
+    _reference_step(reference, parts, units, _grouping(), config)
+    grads = {n: p.grad for n, p in tagger.named_parameters()}
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_metric_term_needs_entities_and_loss_together(setup):
