@@ -34,8 +34,8 @@ from .losses import MultiSimilarityLoss
 
 # %% auto #0
 __all__ = ['PSEUDO', 'STOP_REASONS', 'score', 'document_counts', 'overlap_share', 'source_false_positives', 'PseudoLabels',
-           'pseudo_labels', 'TrainConfig', 'optimizer_for', 'EntitySelector', 'TypeGrouping', 'PseudoDiscrimination',
-           'evaluate', 'stop_reason', 'StageCheckpoint', 'train_stage', 'unit_entity_features']
+           'span_agreement', 'pseudo_labels', 'TrainConfig', 'optimizer_for', 'EntitySelector', 'TypeGrouping',
+           'PseudoDiscrimination', 'evaluate', 'stop_reason', 'StageCheckpoint', 'train_stage', 'unit_entity_features']
 
 # %% ../nbs/04_trainers.ipynb #abb5b6ed
 def _rounded(report: dict) -> dict:
@@ -117,10 +117,23 @@ class PseudoLabels:
         return [(u, a, b + 1) for u, tags in enumerate(self.tags) for _, a, b in _chunks(tags)]
 
 # %% ../nbs/04_trainers.ipynb #2f213b95
+def span_agreement(predicted: list[list[str]],  # BIO tags, one list per unit
+                   gold: list[list[str]]  # BIO tags of the same units
+                  ) -> dict:  # precision, recall, f1, tp, fp, fn
+    "Exact-span agreement of two taggings, types ignored."
+    spans = lambda rows: {(u, a, b) for u, tags in enumerate(rows) for _, a, b in _chunks(tags)}  # noqa: E731
+    p, g = spans(predicted), spans(gold)
+    tp, fp, fn = len(p & g), len(p - g), len(g - p)
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {'precision': precision, 'recall': recall, 'f1': 2 * precision * recall / max(precision + recall, 1e-12),
+            'tp': tp, 'fp': fp, 'fn': fn}
+
+
 def pseudo_labels(units: list[TaggedUnit],  # target units with their gold tags
                   source_predicted: list[list[str]]  # the stage-1 model's tags of the same units
                  ) -> PseudoLabels:
-    "Pseudo source entities: source-model entities on words whose gold tag is O."
+    """Pseudo source entities: source-model entities on words whose gold tag is O. Where the units carry gold
+    source-type annotations (`other_tags`), the counts say how well the pseudo entities match them (`against_gold`)."""
     tags, by_type, words = [], {}, 0
     for unit, pred in zip(units, source_predicted):
         row = ['O'] * len(unit)
@@ -132,7 +145,9 @@ def pseudo_labels(units: list[TaggedUnit],  # target units with their gold tags
             words += len(run)
         tags.append(row)
     entities = sum(len(_chunks(t)) for t in tags)
-    return PseudoLabels(tags, {'entities': entities, 'words': words, 'by_source_type': dict(sorted(by_type.items()))})
+    counts = {'entities': entities, 'words': words, 'by_source_type': dict(sorted(by_type.items()))}
+    if any(t != 'O' for u in units for t in u.other_tags): counts['against_gold'] = span_agreement(tags, [u.other_tags for u in units])
+    return PseudoLabels(tags, counts)
 
 # %% ../nbs/04_trainers.ipynb #8a9c90c5
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from conftest import write_files
 from metricner import experiments
 from metricner.backbone import build_tiny_backbone
+from metricner.trainers import STOP_REASONS
 from metricner.experiments import (PARAMETERS, SETTINGS, STAGES, ExperimentConfig, StageCache, config_from_parameters, resolve,
                                    run_experiment, source_stage_inputs, source_stage_key)
 
@@ -41,7 +42,13 @@ def test_every_setting_writes_a_complete_record(isolated, setting):
     written = json.loads((isolated / 'run' / 'metrics.json').read_text())
     assert written['f1'] == record['f1'] and 0 <= record['f1'] <= 1
     assert written['config']['setting'] == setting and written['config']['target'] == 'bc5cdr'
-    assert written['config']['profile'] == 'smoke' and written['seeds'] == {'seed': 42}
+    assert written['config']['profile'] == 'smoke'
+    assert written['seeds'] == {'seed': 42, 'source_seed': None if setting in ('target_only', 'oracle') else 42}
+    for stage in ('stage1', 'stage2'):
+        stopped = (written[stage] or {}).get('stopped')
+        if stage == 'stage2' or written['stage1']: assert stopped['reason'] in STOP_REASONS and stopped['epoch'] == len(written[stage]['history'])
+    stages = [written['stage2']] + ([written['stage1']] if written['stage1'] else [])
+    assert written['converged'] == all(s['stopped']['reason'] == 'patience' for s in stages)
     assert written['version'] and 'commit' in written['git'] and written['timings_s']['total'] > 0
     assert (written['stage1'] is None) == (setting in ('target_only', 'oracle'))
     assert (written['pseudo_labels'] is None) == (setting not in ('ed', 'eg_ed'))
@@ -53,6 +60,16 @@ def test_every_setting_writes_a_complete_record(isolated, setting):
     if setting in ('eg', 'eg_ed'):
         assert written['stage1']['aux_similarity']['records'] > 0
         assert any(h['ms'] > 0 for h in written['stage1']['history'])
+    if setting in ('ed', 'eg_ed'):  # BC5CDR's gold diseases tell how noisy the pseudo source entities are
+        assert set(written['pseudo_labels']['against_gold']) == {'precision', 'recall', 'f1', 'tp', 'fp', 'fn'}
+
+
+@pytest.mark.slow
+def test_grouping_without_events(isolated):
+    "EG with events 'none': grouping by type alone (no auxiliary similarity), the MS term still on."
+    record = run_experiment(smoke(isolated, setting='eg', events='none'), StageCache(isolated / 'stages'))
+    assert record['stage1']['aux_similarity'] is None and any(h['ms'] > 0 for h in record['stage1']['history'])
+    assert (isolated / 'run' / 'metrics.json').exists()
 
 
 @pytest.mark.slow
@@ -132,6 +149,43 @@ def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
     monkeypatch.setattr(experiments, 'train_stage', real)
     record = run_experiment(smoke(isolated, setting='eg_ed'), cache)
     assert record['stage1']['cache'] == 'reused' and (isolated / 'run' / 'metrics.json').exists()
+
+
+@pytest.mark.slow
+def test_adapter_stages_are_stored_verified_and_resumed(isolated, monkeypatch):
+    """An adapter stage 1 interrupted after its first epoch leaves its checkpoint in the store and resumes from it; once
+    finished it is written to the store with file digests, reused from there by a machine with an empty cache, and a
+    changed file is refused."""
+    from metricner import trainers
+    config = smoke(isolated, setting='direct_transfer', mode='adapter', source_train={'max_epochs': 3, 'min_epochs': 3, 'patience': 3})
+    store, real_evaluate, calls = isolated / 'store', trainers.evaluate, []
+    def interrupt_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(trainers, 'evaluate', interrupt_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt): run_experiment(config, StageCache(isolated / 'a', store=store))
+    progress = list(store.glob('*.progress'))
+    assert len(progress) == 1 and json.loads((progress[0] / 'progress.json').read_text())['history'][0]['epoch'] == 1
+    monkeypatch.setattr(trainers, 'evaluate', real_evaluate)
+
+    record = run_experiment(config, StageCache(isolated / 'a', store=store))
+    stage1 = record['stage1']
+    assert stage1['stopped']['resumed_after'] == 1 and stage1['stopped']['epoch'] == 3 and stage1['cache'] == 'trained'
+    entry = store / stage1['key']
+    assert not list(store.glob('*.progress')) and (entry / 'tagger' / 'tagger.safetensors').exists()
+    assert not (entry / 'tagger' / 'backbone' / 'model.safetensors').exists()  # adapters and head only
+    assert set(json.loads((entry / 'stage.json').read_text())['files']) >= {'tagger/config.json', 'tagger/tagger.safetensors'}
+
+    messages = []
+    again = run_experiment(config, StageCache(isolated / 'fresh-machine', log=messages.append, store=store))
+    assert again['stage1']['cache'] == 'reused' and any('files verified' in m for m in messages)
+    assert again['f1'] == record['f1']
+
+    weights = entry / 'tagger' / 'tagger.safetensors'
+    weights.write_bytes(weights.read_bytes()[:-1] + b'\0')
+    with pytest.raises(ValueError, match='tagger.safetensors: missing, or its sha256'):
+        run_experiment(config, StageCache(isolated / 'another-machine', store=store))
 
 
 def copy_package(tmp_path: Path) -> Path:
@@ -215,7 +269,7 @@ def test_source_stage_key_follows_what_stage_one_reads(tmp_path):
                       dict(target_types=['X']), dict(few_shot='random'), dict(save_features=True), dict(out_dir='elsewhere'),
                       dict(device='cpu'), dict(events='concat'), dict(lambda_src=2.0)]  # the last two: no entity grouping here
     for change in stage_two_only: assert key(**change) == reference, change
-    stage_one = [dict(seed=7), dict(setting='eg'), dict(source_train={'lr': 1.0}), dict(max_length=32), dict(mode='adapter'),
+    stage_one = [dict(seed=7), dict(source_seed=7), dict(setting='eg'), dict(source_train={'lr': 1.0}), dict(max_length=32), dict(mode='adapter'),
                  dict(unit='sentence'), dict(source_exclude_types=['Protein']), dict(max_documents={'train': 2}), dict(backbone='other')]
     for change in stage_one: assert key(**change) != reference, change
     grouping = key(setting='eg')
