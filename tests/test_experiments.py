@@ -183,7 +183,8 @@ def test_adapter_stages_are_stored_verified_and_resumed(isolated, monkeypatch):
     assert again['f1'] == record['f1']
 
     weights = entry / 'tagger' / 'tagger.safetensors'
-    weights.write_bytes(weights.read_bytes()[:-1] + b'\0')
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of the last byte
     with pytest.raises(ValueError, match='tagger.safetensors: missing, or its sha256'):
         run_experiment(config, StageCache(isolated / 'another-machine', store=store))
 
