@@ -24,13 +24,12 @@ import pandas as pd
 from .experiments import ExperimentConfig, SETTINGS
 from .grid import default_runs_dir, require_checkout
 from .paths import PROJECT_ROOT
-from .report import load_records, score_markdown
+from .report import load_records, run_label, score_markdown
 
 # %% auto #0
 __all__ = ['NAV_LABELS', 'SPHINX_CONF', 'SITE_CSS', 'CHROMIUM_FLAGS', 'relative_paths', 'site_notebook', 'stage_api_pages',
-           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'run_label', 'runs_table', 'stage_runs',
-           'stage_site', 'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site',
-           'browser_check']
+           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'runs_table', 'stage_runs', 'stage_site',
+           'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site', 'browser_check']
 
 # %% ../nbs/06b_site.ipynb #93267701
 _ABSOLUTE_PREFIX = re.compile(r'(?<![\w.~/:-])/(?:[^\s/"\'\\<>]+/)+?(?=(?:results/runs|nbs|\.venv|\.cache)/)')
@@ -169,15 +168,6 @@ def quarto_sidebar(pages: list  # `Page`s
     "The same navigation as Quarto's sidebar: a section for each page with children, a link for each without."
     return [{'section': page.label, 'href': page.source, 'contents': quarto_sidebar(page.children)} if page.children
             else {'text': page.label, 'href': page.source} for page in pages]
-
-# %% ../nbs/06b_site.ipynb #2281d004
-def run_label(run  # a row of `load_records`
-             ) -> str:  # e.g. 'EG+ED concat seed 42'
-    "A run's name on the site: its setting, the event paradigm and ED weight where they are not the defaults, its seed."
-    parts = [SETTINGS[run.setting].label]
-    if SETTINGS[run.setting].grouping and run.events != ExperimentConfig.events: parts.append(run.events)
-    if run.lambda_tgt != ExperimentConfig.lambda_tgt: parts.append(f'λ_tgt {run.lambda_tgt:g}')
-    return ' '.join(parts + [f'seed {run.seed}'])
 
 # %% ../nbs/06b_site.ipynb #905d1a7a
 def runs_table(runs: pd.DataFrame,  # records of one target, as `load_records` returns
