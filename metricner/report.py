@@ -21,13 +21,13 @@ from .grid import BASELINES, default_runs_dir, METHOD, STUDY_PRIORITIES, study_g
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'PREMISE',
            'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path', 'published_runs', 'run_label',
-           'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap',
-           'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift',
-           'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
-           'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary',
-           'default_calibration_dir', 'stage_stop', 'run_convergence', 'stopping_table', 'study_progress',
-           'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality',
-           'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
+           'main_runs', 'source_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown',
+           'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
+           'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
+           'plot_feature_projection', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column',
+           'claims', 'claims_summary', 'default_calibration_dir', 'stage_stop', 'run_convergence', 'stopping_table',
+           'study_progress', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
+           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -101,6 +101,14 @@ def main_runs(records: pd.DataFrame  # as `load_records` returns
     grouping = records.setting.map(lambda name: SETTINGS[name].grouping).astype(bool)
     keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~grouping)
     return records[keep]
+
+# %% ../nbs/06a_report.ipynb #b15733a6
+def source_runs(records: pd.DataFrame,  # as `load_records` returns
+                source: str = ExperimentConfig.source  # the source corpus
+               ) -> pd.DataFrame:  # the rows of that source's comparison
+    "The runs of one source: the two-stage runs trained on it, and the one-stage runs (Target Only, Oracle), which read no source."
+    two_stage = records.setting.map(lambda name: SETTINGS[name].source_stage).astype(bool)
+    return records[(records.source == source) | ~two_stage]
 
 # %% ../nbs/06a_report.ipynb #f27b356f
 def results_table(records: pd.DataFrame,  # as `load_records` returns
