@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from .experiments import ExperimentConfig, SETTINGS
+from .experiments import SETTINGS
 from .grid import default_runs_dir, require_checkout
 from .paths import PROJECT_ROOT
 from .report import default_calibration_dir, load_records, run_label, score_markdown, STUDY_PROFILE
