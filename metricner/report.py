@@ -494,6 +494,9 @@ def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFr
     else:
         evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
         every_seed = (sign * delta > 0).all()
+        if column == 'f1':  # F1 is judged by the bootstrap: runs without per-document counts can leave it open, not support it
+            evidence += ' (no bootstrap: no per-document counts)'
+            every_seed = False
     if column == 'fp_source_model':  # each run's own stage-1 model: the two count different entities
         verdict = 'no common measure'
     else:
