@@ -5,6 +5,7 @@
 # %% ../nbs/06a_report.ipynb #e3e1572f
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .paths import default_results_dir, PROJECT_ROOT
+from .trainers import TrainConfig
 from .experiments import code_fingerprint, ExperimentConfig, SETTINGS
 from .grid import BASELINES, default_runs_dir, METHOD, STUDY_PRIORITIES, study_grid, TRANSFER
 
@@ -459,7 +461,8 @@ def plot_source_stages(stages: pd.DataFrame  # as `source_stages` returns
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sns.lineplot(data=stages.assign(seed=stages.seed.astype(str)), x='epoch', y='f1', hue='objective', style='seed',
                  marker='o', ax=ax)
-    ax.set_xticks(sorted(stages.epoch.unique()))
+    if stages.epoch.nunique() <= 15: ax.set_xticks(sorted(stages.epoch.unique()))  # a few epochs: each its tick
+    else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a converged stage 1: a hundred epochs or more
     ax.set(xlabel='epoch', ylabel='source dev micro-F1 (%)', title='Stage 1 on the pooled source')
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize='small')  # beside the axes: the curves fill them
     fig.tight_layout()
@@ -817,6 +820,7 @@ GRID_FACTORS = (
     ('code', 'commit', 'commit'),
 )  # (factor, what, where: a dotted configuration path, 'stage1'/'stage2' for the epochs trained, 'commit')
 _NOT_RECORDED = 'not recorded'
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _factor_value(record: dict, where: str) -> str:
@@ -827,6 +831,8 @@ def _factor_value(record: dict, where: str) -> str:
     if where == 'commit': return str((record.get('git') or {}).get('commit', _NOT_RECORDED))[:7]
     value = record.get('config', {})
     for part in where.split('.'):
+        if isinstance(value, dict) and part not in value and where.split('.')[0].endswith('_train'):
+            return f'{_TRAIN_DEFAULTS[part]} (default)'  # a stage's value left at TrainConfig's default
         if not isinstance(value, dict) or part not in value: return _NOT_RECORDED
         value = value[part]
     if where == 'ce_share': return 'per corpus' if value else 'none (λ as given)'
@@ -834,7 +840,8 @@ def _factor_value(record: dict, where: str) -> str:
 
 
 def _values(texts: list[str]) -> str:
-    "The values of a factor over a grid's runs: a range for numbers, else the distinct values."
+    "The values of a factor over a grid's runs: a range for numbers, else the distinct values ('–', a stage a run does not have, left out)."
+    texts = [t for t in texts if t != '–'] or ['–']
     numbers = [float(t) for t in texts if t.replace('.', '', 1).isdigit()]
     if numbers and len(numbers) == len(texts) and len(set(numbers)) > 1: return f'{min(numbers):g}–{max(numbers):g}'
     return ', '.join(sorted(set(texts)))
