@@ -666,7 +666,7 @@ def premise_table(records: pd.DataFrame,  # as `load_records` returns
         only, transfer = only.loc[seeds], transfer.loc[seeds]
         gap = 100 * (transfer.f1.mean() - only.f1.mean())
         shares = [100 * frame.fp_gold_source_like.mean() for frame in (only, transfer)]
-        more = ('n/a: no gold source-type annotations' if any(math.isnan(s) for s in shares) else 'yes' if shares[1] > shares[0] else 'no')
+        more = ('n/a (no gold spans)' if any(math.isnan(s) for s in shares) else 'yes' if shares[1] > shares[0] else 'no')
         rows.append({**row, 'TO F1 (P, R)': _scores(only), 'DT F1 (P, R)': _scores(transfer), 'DT − TO': gap,
                      'TO on source spans %': shares[0], 'DT on source spans %': shares[1], PREMISE[0]: 'yes' if gap > 0 else 'no',
                      PREMISE[1]: more})

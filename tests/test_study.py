@@ -171,7 +171,7 @@ def test_mechanism_checks(partial_study):
     premise = premise_table(study).set_index('target')
     assert premise.loc['bc5cdr', 'DT − TO'] == pytest.approx(2.0) and premise.loc['bc5cdr', 'seeds'] == 2
     assert premise.loc['bc5cdr', ['DT > TO', 'DT more on source spans']].tolist() == ['yes', 'yes']
-    assert premise.loc['chemdner', ['DT > TO', 'DT more on source spans']].tolist() == ['no', 'n/a: no gold source-type annotations']
+    assert premise.loc['chemdner', ['DT > TO', 'DT more on source spans']].tolist() == ['no', 'n/a (no gold spans)']
     quality = pseudo_label_quality(study)
     assert list(quality.run) == ['EG+ED seed 13', 'EG+ED seed 42'] and list(quality.precision) == [30.0, 30.0]  # CHEMDNER's has none
     ablation = event_ablation(study, samples=200).set_index('comparison')
