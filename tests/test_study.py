@@ -1,10 +1,8 @@
 "The converged study's report on fake records: none, a partial study, old records without the new fields, Oracle's cap, pooled bootstraps that hold and that fail, and the study page itself."
 import json
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
