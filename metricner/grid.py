@@ -23,9 +23,10 @@ from metricner.experiments import (
     source_stage_inputs)
 
 # %% auto #0
-__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'known_settings', 'grid', 'default_runs_dir',
-           'run_folder', 'require_checkout', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
-           'worker_environment', 'cells_to_do', 'run_grid', 'stage1_group', 'grid_commands']
+__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'STUDY_SOURCES', 'STUDY_PRIORITIES',
+           'known_settings', 'grid', 'study_grid', 'default_runs_dir', 'run_folder', 'require_checkout', 'cell_status',
+           'grid_progress', 'terminal_text', 'compact_progress_output', 'worker_environment', 'cells_to_do', 'run_grid',
+           'stage1_group', 'grid_commands']
 
 # %% ../nbs/06_grid.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -64,6 +65,29 @@ def grid(profile: str = 'cpu'  # the profile of every run
     runs += [dict(target=target, setting=setting, seed=seed) for seed in SEEDS if seed != 42 for target in TARGETS
              for setting in _by_source_stage((METHOD, *BASELINES))]
     return [{'source': 'all', 'events': 'sentenc', 'profile': profile, **run} for run in runs]
+
+# %% ../nbs/06_grid.ipynb #a144e10b
+STUDY_SOURCES = ('pc', 'cg', 'id')  # the single sources of the study's second part
+STUDY_PRIORITIES = (1, 2, 3)
+
+
+def study_grid(priority: int | None = None,  # one part of the plan (1, 2 or 3); None: all, in priority order
+               profile: str = 'converged'  # the profile of every run
+              ) -> list[dict]:  # one parameter mapping per run (the form `grid` returns)
+    "The runs of the converged study (issue #17, section 4), in priority order."
+    if priority is None: return [run for p in STUDY_PRIORITIES for run in study_grid(p, profile)]
+    if priority not in STUDY_PRIORITIES: raise ValueError(f'the study has priorities {STUDY_PRIORITIES}, not {priority!r}')
+    if priority == 1:
+        runs = [dict(source='all', target=target, setting=setting, seed=seed) for target in TARGETS
+                for setting in _by_source_stage((METHOD, *BASELINES)) for seed in SEEDS]
+        runs += [dict(source='all', target=target, setting=setting, seed=42) for target in TARGETS
+                 for setting in known_settings('eg', 'ed', 'oracle')]
+        runs += [dict(source='all', target=target, setting='eg', events='none', seed=42) for target in TARGETS]
+    else:
+        seeds = (42,) if priority == 2 else tuple(s for s in SEEDS if s != 42)
+        runs = [dict(source=source, target='bc5cdr', setting=setting, seed=seed) for seed in seeds
+                for source in STUDY_SOURCES for setting in (TRANSFER, METHOD)]
+    return [{'events': 'sentenc', 'profile': profile, **run} for run in runs]
 
 # %% ../nbs/06_grid.ipynb #89096e94
 def default_runs_dir() -> Path:

@@ -5,24 +5,31 @@
 # %% ../nbs/06a_report.ipynb #e3e1572f
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
-from .paths import PROJECT_ROOT
+from .paths import default_results_dir, PROJECT_ROOT
+from .trainers import TrainConfig
 from .experiments import code_fingerprint, ExperimentConfig, SETTINGS
-from .grid import BASELINES, default_runs_dir, METHOD, TRANSFER
+from .grid import BASELINES, default_runs_dir, METHOD, STUDY_PRIORITIES, study_grid, TRANSFER
 
 # %% auto #0
-__all__ = ['RECORD_COLUMNS', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'read_record', 'load_records', 'shown_path', 'published_runs',
-           'main_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap',
-           'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift',
-           'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
-           'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary']
+__all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'PREMISE',
+           'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path', 'published_runs', 'run_label',
+           'main_runs', 'source_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown',
+           'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
+           'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
+           'plot_feature_projection', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column',
+           'claims', 'claims_summary', 'default_calibration_dir', 'stage_stop', 'run_convergence', 'stopping_table',
+           'study_progress', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
+           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -77,6 +84,18 @@ def published_runs(records: pd.DataFrame,  # as `load_records` returns
     return mine, (f'**Made with older code.** All {len(mine)} records of the {profile} profile were made with code older '
                   f'than this build\'s, at commit {made_at}; they are shown as recorded.')
 
+# %% ../nbs/06a_report.ipynb #891e42e2
+EVENTS_SHOWN = {'none': 'without events'}  # paradigms named otherwise in a run's name
+
+
+def run_label(run  # a row of `load_records` (setting, events, lambda_tgt, seed)
+             ) -> str:  # e.g. 'EG+ED concat seed 42'
+    "A run's name on pages: its setting, the event paradigm and ED weight where they are not the defaults, its seed."
+    parts = [SETTINGS[run.setting].label]
+    if SETTINGS[run.setting].grouping and run.events != ExperimentConfig.events: parts.append(EVENTS_SHOWN.get(run.events, run.events))
+    if run.lambda_tgt != ExperimentConfig.lambda_tgt: parts.append(f'λ_tgt {run.lambda_tgt:g}')
+    return ' '.join(parts + [f'seed {run.seed}'])
+
 # %% ../nbs/06a_report.ipynb #17574bef
 def main_runs(records: pd.DataFrame  # as `load_records` returns
              ) -> pd.DataFrame:  # the rows of the main comparison
@@ -84,6 +103,14 @@ def main_runs(records: pd.DataFrame  # as `load_records` returns
     grouping = records.setting.map(lambda name: SETTINGS[name].grouping).astype(bool)
     keep = (records.lambda_tgt == ExperimentConfig.lambda_tgt) & ((records.events == 'sentenc') | ~grouping)
     return records[keep]
+
+# %% ../nbs/06a_report.ipynb #b15733a6
+def source_runs(records: pd.DataFrame,  # as `load_records` returns
+                source: str = ExperimentConfig.source  # the source corpus
+               ) -> pd.DataFrame:  # the rows of that source's comparison
+    "The runs of one source: the two-stage runs trained on it, and the one-stage runs (Target Only, Oracle), which read no source."
+    two_stage = records.setting.map(lambda name: SETTINGS[name].source_stage).astype(bool)
+    return records[(records.source == source) | ~two_stage]
 
 # %% ../nbs/06a_report.ipynb #f27b356f
 def results_table(records: pd.DataFrame,  # as `load_records` returns
@@ -186,26 +213,45 @@ def per_document(folder  # a run folder
     return data['documents'], np.asarray(data['tp_fp_fn'])
 
 # %% ../nbs/06a_report.ipynb #fefadb9b
+def _summed_counts(folders: list,  # run folders scored on the same test documents
+                   label: str  # what they are, for the error
+                  ) -> tuple[list[str], np.ndarray]:
+    "The document ids and the per-document (tp, fp, fn) counts of `folders`, summed over the runs."
+    documents, total = per_document(folders[0])
+    for folder in folders[1:]:
+        more, counts = per_document(folder)
+        if more != documents: raise ValueError(f'{label}: the seeds were scored on different documents')
+        total = total + counts
+    return documents, total
+
+
 def bootstrap_table(records: pd.DataFrame,  # as `load_records` returns
                     against=BASELINES,  # the baseline settings
                     samples: int = 2000,  # document resamples per comparison
-                    setting: str = METHOD  # the setting compared with them
-                   ) -> pd.DataFrame:  # one row per target, seed and baseline
-    "`setting` against each baseline, per target and seed: ΔF1 in points, its 95% bootstrap interval, and p = P(Δ ≤ 0)."
+                    setting: str = METHOD,  # the setting compared with them
+                    pool_seeds: bool = False  # one row per target and baseline over all the seeds that have both runs
+                   ) -> pd.DataFrame:  # one row per target, seed (or 'pooled: SEEDS') and baseline
+    """`setting` against each baseline, per target and seed: ΔF1 in points, its 95% bootstrap interval, and p = P(Δ ≤ 0).
+    Pooled, each document's counts are summed over the seeds before the documents are resampled."""
     runs = main_runs(records)
     rows = []
-    for (target, seed), group in runs.groupby(['target', 'seed']):
-        by_setting = dict(zip(group.setting, group.folder))
-        baselines = [b for b in against if b in by_setting]
-        if setting not in by_setting or not baselines: continue
-        if not all((Path(by_setting[s]) / 'per_document.json').exists() for s in [setting, *baselines]):
-            continue  # a record from before per-document counts were kept: no bootstrap for it
-        docs, ours = per_document(by_setting[setting])
-        for baseline in baselines:
-            docs_b, theirs = per_document(by_setting[baseline])
-            if docs != docs_b: raise ValueError(f'{target} seed {seed}: {setting} and {baseline} were scored on different documents')
-            result = paired_bootstrap(ours, theirs, samples=samples, seed=seed)
-            rows.append({'target': target, 'seed': seed, 'setting': setting, 'against': baseline, 'delta_f1': 100 * result['delta_f1'],
+    for _, group in runs.groupby(['target'] if pool_seeds else ['target', 'seed']):
+        target = group.target.iloc[0]
+        for baseline in against:
+            pairs = []  # (seed, our folder, their folder): the seeds with both runs and their per-document counts
+            for seed, of_seed in group.groupby('seed'):
+                folder = dict(zip(of_seed.setting, of_seed.folder))
+                if {setting, baseline} <= set(folder) and all((Path(folder[s]) / 'per_document.json').exists() for s in (setting, baseline)):
+                    pairs.append((seed, folder[setting], folder[baseline]))  # else a record from before the counts were kept
+            if not pairs: continue
+            seeds = [seed for seed, _, _ in pairs]
+            label = f'{target} seed {seeds[0]}' if not pool_seeds else f'{target} seeds {", ".join(map(str, seeds))}'
+            documents, ours = _summed_counts([ours for _, ours, _ in pairs], label)
+            theirs_documents, theirs = _summed_counts([theirs for _, _, theirs in pairs], label)
+            if documents != theirs_documents: raise ValueError(f'{label}: {setting} and {baseline} were scored on different documents')
+            result = paired_bootstrap(ours, theirs, samples=samples, seed=seeds[0])
+            rows.append({'target': target, 'seed': f'pooled: {", ".join(map(str, seeds))}' if pool_seeds else seeds[0],
+                         'setting': setting, 'against': baseline, 'delta_f1': 100 * result['delta_f1'],
                          'ci_low': 100 * result['ci95'][0], 'ci_high': 100 * result['ci95'][1], 'p_not_better': result['p_not_better']})
     return pd.DataFrame(rows, columns=['target', 'seed', 'setting', 'against', 'delta_f1', 'ci_low', 'ci_high', 'p_not_better'])
 
@@ -415,7 +461,8 @@ def plot_source_stages(stages: pd.DataFrame  # as `source_stages` returns
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sns.lineplot(data=stages.assign(seed=stages.seed.astype(str)), x='epoch', y='f1', hue='objective', style='seed',
                  marker='o', ax=ax)
-    ax.set_xticks(sorted(stages.epoch.unique()))
+    if stages.epoch.nunique() <= 15: ax.set_xticks(sorted(stages.epoch.unique()))  # a few epochs: each its tick
+    else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a converged stage 1: a hundred epochs or more
     ax.set(xlabel='epoch', ylabel='source dev micro-F1 (%)', title='Stage 1 on the pooled source')
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize='small')  # beside the axes: the curves fill them
     fig.tight_layout()
@@ -441,12 +488,18 @@ def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFr
     "One claim on one target from the seeds that have both runs (`pairs`: seed, ours, base in points)."
     delta = pairs.ours - pairs.base
     right_way = sign * delta.mean() > 0
-    if column == 'f1' and len(boot):  # significance from the paired bootstrap of each seed
-        evidence = '; '.join(f'seed {r.seed}: {r.delta_f1:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]' for r in boot.itertuples())
-        every_seed = len(boot) == len(pairs) and (boot.ci_low > 0).all()
+    if column == 'f1' and len(boot):  # significance from the paired bootstrap of each seed, or of the seeds pooled
+        pooled = boot.seed.map(lambda seed: isinstance(seed, str))  # 'pooled: 13, 42, 87'
+        evidence = '; '.join(f'{"" if is_pooled else "seed "}{r.seed}: {r.delta_f1:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]'
+                             for r, is_pooled in zip(boot.itertuples(), pooled))
+        if pooled.any(): every_seed = (boot[pooled].ci_low > 0).all() and (sign * delta > 0).all()
+        else: every_seed = len(boot) == len(pairs) and (boot.ci_low > 0).all()
     else:
         evidence = '; '.join(f'seed {seed}: {d:+.2f}' for seed, d in delta.items())
         every_seed = (sign * delta > 0).all()
+        if column == 'f1':  # F1 is judged by the bootstrap: runs without per-document counts can leave it open, not support it
+            evidence += ' (no bootstrap: no per-document counts)'
+            every_seed = False
     if column == 'fp_source_model':  # each run's own stage-1 model: the two count different entities
         verdict = 'no common measure'
     else:
@@ -460,7 +513,8 @@ def claims(records: pd.DataFrame,  # as `load_records` returns
            bootstrap: pd.DataFrame  # as `bootstrap_table` returns (its rows of the method are read)
           ) -> pd.DataFrame:  # one row per target and claim, values in percent, with the evidence and the verdict
     """Each claim of the paper on each target, judged on the seeds that have both runs (values in percent):
-    *supported* when the change goes the claimed way at every seed (for F1: with every seed's bootstrap interval above 0),
+    *supported* when the change goes the claimed way at every seed (for F1: with every seed's bootstrap interval above 0,
+    or, where `bootstrap` has a row of the seeds pooled, with the pooled interval above 0),
     *not supported* when the mean change goes the other way or is zero, else *inconclusive*; *no common measure* when
     the two runs' false positives are counted against different source models (targets without gold source-like annotations)."""
     runs = main_runs(records)
@@ -495,3 +549,312 @@ def claims_summary(table: pd.DataFrame  # as `claims` returns
     by_target = [f'- **{target}** ({_seed_count(group.seeds.max())}) — {_verdict_parts(group, "claim")}'
                  for target, group in table.groupby('target', sort=False)]
     return 'By claim, over the targets:\n\n' + '\n'.join(by_claim) + '\n\nBy target:\n\n' + '\n'.join(by_target)
+
+# %% ../nbs/06a_report.ipynb #73298d89
+STUDY_PROFILE = 'converged'  # the profile of the study's runs
+
+
+def default_calibration_dir() -> Path:
+    "Where calibration records live by default: `calibration/` in `default_results_dir()`, one folder per regime."
+    return default_results_dir() / 'calibration'
+
+
+# %% ../nbs/06a_report.ipynb #7fffb23a
+STAGES_SHOWN = {'stage1': 'stage 1', 'stage2': 'stage 2'}  # the stages of a record, as pages name them
+
+
+def stage_stop(record: dict,  # a run's record
+               stage: str  # 'stage1' or 'stage2'
+              ) -> dict | None:  # epoch, best_epoch, reason, converged; None when the run has no such stage
+    "How one stage of a run stopped; in a record older than the `stopped` field, the epochs from its history, reason 'unknown' and converged None."
+    part = record.get(stage)
+    if not part: return None
+    stopped = part.get('stopped')
+    if stopped:
+        return {'epoch': stopped['epoch'], 'best_epoch': stopped['best_epoch'], 'reason': stopped['reason'],
+                'converged': stopped.get('converged', stopped['reason'] == 'patience')}
+    history = part.get('history') or []
+    best = [epoch['epoch'] for epoch in history if epoch.get('best')]
+    return {'epoch': history[-1]['epoch'] if history else None, 'best_epoch': best[-1] if best else None, 'reason': 'unknown', 'converged': None}
+
+# %% ../nbs/06a_report.ipynb #714ce1be
+def run_convergence(record: dict  # a run's record
+                   ) -> str:  # 'converged', 'not converged: ...', 'reference, capped at N epochs' or 'unknown (older record)'
+    "Whether every stage of a run stopped by patience; Oracle, a reference, may stop at a cap and is then named so."
+    stops = {stage: stop for stage in STAGES_SHOWN if (stop := stage_stop(record, stage))}
+    capped = {stage: stop for stage, stop in stops.items() if stop['converged'] is False}
+    if capped and set(capped) == {'stage2'} and not SETTINGS[record['config']['setting']].few_shot:
+        stop = capped['stage2']
+        return (f'reference, capped at {stop["epoch"]} epochs' if stop['reason'] == 'max_epochs'
+                else f'reference, capped by {stop["reason"]} at epoch {stop["epoch"]}')
+    if capped: return 'not converged: ' + '; '.join(f'{STAGES_SHOWN[s]} stopped by {stop["reason"]} at epoch {stop["epoch"]}'
+                                                   for s, stop in capped.items())
+    if not stops or any(stop['converged'] is None for stop in stops.values()): return 'unknown (older record)'
+    return 'converged'
+
+# %% ../nbs/06a_report.ipynb #101160c5
+def _stop_text(stop: dict | None) -> str:
+    "'35 (best 15), patience', or '–' for a stage the run does not have."
+    if stop is None: return '–'
+    return f'{stop["epoch"]} (best {stop["best_epoch"]}), {stop["reason"]}'
+
+
+def _ordered(records: pd.DataFrame) -> pd.DataFrame:
+    "Records by target, source, setting in the registry's order, paradigm, seed."
+    order = {name: i for i, name in enumerate(SETTINGS)}
+    return records.assign(_order=records.setting.map(order)).sort_values(['target', 'source', '_order', 'events', 'seed']).drop(columns='_order')
+
+
+def stopping_table(records: pd.DataFrame  # as `load_records` returns (its `folder` column is read)
+                  ) -> pd.DataFrame:  # target, source, run, stage 1, stage 2, stopped
+    "Per run: each stage's last epoch, best epoch and reason for stopping, and whether the run converged (Oracle: a reference)."
+    rows = []
+    for run in _ordered(records).itertuples():
+        record = read_record(run.folder)
+        rows.append({'target': run.target, 'source': run.source if SETTINGS[run.setting].source_stage else '–', 'run': run_label(run),
+                     **{name: _stop_text(stage_stop(record, stage)) for stage, name in STAGES_SHOWN.items()},
+                     'stopped': run_convergence(record)})
+    return pd.DataFrame(rows, columns=['target', 'source', 'run', *STAGES_SHOWN.values(), 'stopped'])
+
+# %% ../nbs/06a_report.ipynb #ca0b7ffb
+def _plan_key(source, target, setting, events, seed) -> tuple:
+    "What tells two runs of the study apart: the source only where there is a stage 1, the paradigm only where entities are grouped."
+    return (source if SETTINGS[setting].source_stage else None, target, setting, events if SETTINGS[setting].grouping else None, int(seed))
+
+
+def study_progress(records: pd.DataFrame,  # as `load_records` returns
+                   profile: str = STUDY_PROFILE  # the study's profile
+                  ) -> pd.DataFrame:  # one row per run of the plan: priority, source, target, run, status, stopped
+    "Each run of the study's plan with its status ('done', 'older code', 'missing') and, where recorded, how it stopped."
+    mine = records[(records.profile == profile) & (records.lambda_tgt == ExperimentConfig.lambda_tgt)]
+    found = {}
+    for run in mine.itertuples():  # a record of the current code wins over one of older code
+        key = _plan_key(run.source, run.target, run.setting, run.events, run.seed)
+        if key not in found or run.current: found[key] = run
+    rows = []
+    for priority in STUDY_PRIORITIES:
+        for run in study_grid(priority, profile):
+            hit = found.get(_plan_key(run['source'], run['target'], run['setting'], run['events'], run['seed']))
+            rows.append({'priority': priority, 'source': run['source'] if SETTINGS[run['setting']].source_stage else '–',
+                         'target': run['target'], 'run': run_label(SimpleNamespace(**run, lambda_tgt=ExperimentConfig.lambda_tgt)),
+                         'status': 'missing' if hit is None else 'done' if hit.current else 'older code',
+                         'stopped': '' if hit is None else run_convergence(read_record(hit.folder))})
+    return pd.DataFrame(rows, columns=['priority', 'source', 'target', 'run', 'status', 'stopped'])
+
+# %% ../nbs/06a_report.ipynb #b4e16771
+PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns
+
+
+def _scores(runs: pd.DataFrame) -> str:
+    "'F1 (P, R)' in percent, means over the runs."
+    return f'{100 * runs.f1.mean():.2f} ({100 * runs.precision.mean():.2f}, {100 * runs.recall.mean():.2f})'
+
+
+def premise_table(records: pd.DataFrame,  # as `load_records` returns
+                  by: str = 'target'  # the column that groups the runs: 'target', or 'regime' for calibration records
+                 ) -> pd.DataFrame:  # one row per group
+    "Per group: Target Only and Direct Transfer F1 (P, R), DT − TO, each one's share of predictions on gold source-type spans (%), and whether each half of the premise holds."
+    runs = main_runs(records)
+    rows = []
+    for key, group in runs.groupby(by):
+        only, transfer = (group[group.setting == s].set_index('seed') for s in ('target_only', TRANSFER))
+        seeds = sorted(set(only.index) & set(transfer.index))
+        row = {by: key, 'seeds': len(seeds)}
+        if not seeds:
+            missing = [SETTINGS[s].label for s, frame in (('target_only', only), (TRANSFER, transfer)) if not len(frame)]
+            rows.append({**row, **{half: f'missing: {", ".join(missing)}' for half in PREMISE}}); continue
+        only, transfer = only.loc[seeds], transfer.loc[seeds]
+        gap = 100 * (transfer.f1.mean() - only.f1.mean())
+        shares = [100 * frame.fp_gold_source_like.mean() for frame in (only, transfer)]
+        more = ('n/a (no gold spans)' if any(math.isnan(s) for s in shares) else 'yes' if shares[1] > shares[0] else 'no')
+        rows.append({**row, 'TO F1 (P, R)': _scores(only), 'DT F1 (P, R)': _scores(transfer), 'DT − TO': gap,
+                     'TO on source spans %': shares[0], 'DT on source spans %': shares[1], PREMISE[0]: 'yes' if gap > 0 else 'no',
+                     PREMISE[1]: more})
+    return pd.DataFrame(rows, columns=[by, 'seeds', 'TO F1 (P, R)', 'DT F1 (P, R)', 'DT − TO', 'TO on source spans %',
+                                       'DT on source spans %', *PREMISE])
+
+# %% ../nbs/06a_report.ipynb #d05d196d
+def load_calibration(root: Path | None = None  # the calibration folder; default `default_calibration_dir()`
+                    ) -> pd.DataFrame:  # `load_records`' columns, plus regime, mode, source_lr, target_lr
+    "The calibration records, one folder per regime: each with its regime (the folder's name), mode and the two stages' learning rates."
+    root = Path(root or default_calibration_dir())
+    records = load_records(root)
+    configs = [read_record(folder)['config'] for folder in records.folder]
+    return records.assign(regime=[Path(folder).relative_to(root).parts[0] for folder in records.folder],
+                          mode=[c.get('mode') for c in configs], source_lr=[c.get('source_train', {}).get('lr') for c in configs],
+                          target_lr=[c.get('target_train', {}).get('lr') for c in configs])
+
+# %% ../nbs/06a_report.ipynb #5b1312a9
+def _stops_of(records: pd.DataFrame) -> str:
+    "How the runs of a group stopped: 'Target Only: stage 2 40 (best 20), patience; Direct Transfer: ...'."
+    parts = []
+    for run in _ordered(records).itertuples():
+        record = read_record(run.folder)
+        stages = [f'{name} {_stop_text(stop)}' for stage, name in STAGES_SHOWN.items() if (stop := stage_stop(record, stage))]
+        parts.append(f'{SETTINGS[run.setting].label}: ' + ', '.join(stages))
+    return '; '.join(parts)
+
+
+def calibration_table(calibration: pd.DataFrame  # as `load_calibration` returns
+                     ) -> pd.DataFrame:  # one row per regime
+    "Per regime: mode and learning rates, the premise figures (`premise_table`), how each run stopped and whether all converged."
+    if not len(calibration): return pd.DataFrame()
+    premise = premise_table(calibration, by='regime').set_index('regime')
+    rows = []
+    for regime, runs in calibration.groupby('regime'):
+        lrs = ' / '.join(f'{lr:g}' for lr in (runs.source_lr.iloc[0], runs.target_lr.iloc[0]))
+        converged = [run_convergence(read_record(folder)) for folder in runs.folder]
+        rows.append({'regime': regime, 'mode': ', '.join(sorted(set(runs['mode'].astype(str)))), 'lr (stage 1 / 2)': lrs,
+                     **premise.loc[regime].to_dict(), 'stopped': _stops_of(runs),
+                     'converged': 'yes' if all(c == 'converged' for c in converged) else 'no' if any(c.startswith('not') for c in converged) else 'unknown'})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/06a_report.ipynb #ed995c3e
+def calibration_choice(table: pd.DataFrame  # as `calibration_table` returns
+                      ) -> str:  # Markdown: the regime the premise selects, or that none shows it, with the figures
+    "The regime the transfer premise selects (both halves hold; the largest DT − TO among several), or a plain statement that no regime shows it."
+    if not len(table): return 'No calibration run is recorded yet, so no regime has been chosen by the premise.'
+    figures = lambda r: (f'{r.regime} ({r["mode"]}, lr {r["lr (stage 1 / 2)"]}): DT − TO {r["DT − TO"]:+.2f} F1, '
+                         f'{r["DT on source spans %"]:.1f} % of DT\'s predictions on gold Disease spans against {r["TO on source spans %"]:.1f} % of TO\'s')
+    complete = table[table.seeds > 0]
+    incomplete = table[table.seeds == 0]
+    note = (' Not yet comparable (a run missing): ' + ', '.join(incomplete.regime) + '.') if len(incomplete) else ''
+    if not len(complete): return 'No regime has both runs yet.' + note
+    holding = complete[(complete[PREMISE[0]] == 'yes') & (complete[PREMISE[1]] == 'yes')]
+    if not len(holding):
+        return ('**No regime shows the premise.** ' + '; '.join(figures(r) for _, r in complete.iterrows())
+                + '. The study then runs in the most faithful regime, adapters.' + note)
+    chosen = holding.sort_values('DT − TO', ascending=False).iloc[0]
+    others = holding[holding.regime != chosen.regime]
+    return (f'**The premise selects {chosen.regime}**: {figures(chosen)}.'
+            + (' It also holds in ' + ', '.join(others.regime) + ' (a smaller DT − TO).' if len(others) else '')
+            + ('' if chosen.converged == 'yes' else f' Its runs did not all stop by patience (converged: {chosen.converged}).') + note)
+
+# %% ../nbs/06a_report.ipynb #d44d6804
+def pseudo_label_quality(records: pd.DataFrame  # as `load_records` returns
+                        ) -> pd.DataFrame:  # one row per run with entity discrimination that scored its pseudo labels
+    "Per run with ED: its pseudo source entities, and their precision, recall and F1 (%) with tp, fp, fn against gold source-type spans."
+    rows = []
+    for run in _ordered(records[records.setting.map(lambda s: SETTINGS[s].discrimination).astype(bool)]).itertuples():
+        pseudo = read_record(run.folder).get('pseudo_labels') or {}
+        gold = pseudo.get('against_gold')
+        if not gold: continue
+        rows.append({'target': run.target, 'run': run_label(run), 'pseudo entities': pseudo.get('entities'),
+                     **{m: 100 * gold[m] for m in ('precision', 'recall', 'f1')}, **{c: gold[c] for c in ('tp', 'fp', 'fn')}})
+    return pd.DataFrame(rows, columns=['target', 'run', 'pseudo entities', 'precision', 'recall', 'f1', 'tp', 'fp', 'fn'])
+
+# %% ../nbs/06a_report.ipynb #338b576d
+def stage_histories(records: pd.DataFrame,  # as `load_records` returns
+                    stage: str = 'stage2'  # 'stage1' or 'stage2'
+                   ) -> pd.DataFrame:  # one row per epoch: target, run, setting, seed, epoch, ce, ms, dev_f1
+    "Each run's per-epoch history of one stage, in long form."
+    rows = []
+    for run in _ordered(records).itertuples():
+        part = read_record(run.folder).get(stage) or {}
+        rows += [{'target': run.target, 'run': run_label(run), 'setting': run.setting, 'seed': run.seed,
+                  **{k: epoch.get(k) for k in ('epoch', 'ce', 'ms', 'dev_f1')}} for epoch in part.get('history') or []]
+    return pd.DataFrame(rows, columns=['target', 'run', 'setting', 'seed', 'epoch', 'ce', 'ms', 'dev_f1'])
+
+
+def plot_ed_term(records: pd.DataFrame  # as `load_records` returns
+                ):  # a matplotlib figure, or None without runs with entity discrimination
+    "The ED term (stage 2's MS loss) by epoch, one line per run with entity discrimination, one panel per target."
+    runs = records[records.setting.map(lambda s: SETTINGS[s].discrimination).astype(bool)]
+    history = stage_histories(runs).dropna(subset=['ms'])
+    if not len(history): return None
+    plt, sns = _sns()
+    targets = sorted(history.target.unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets) + 1.5, 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        sns.lineplot(data=history[history.target == target], x='epoch', y='ms', hue='run', ax=ax)
+        ax.set(title=target, xlabel='stage-2 epoch', ylabel='ED term (MS loss)' if ax is axes[0][0] else '')
+        ax.legend(fontsize='small', loc='upper right')
+    fig.suptitle('The ED term over stage 2, one line per run')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/06a_report.ipynb #7d0d6c70
+ABLATIONS = (('events: EG − EG without events', ('eg', 'sentenc'), ('eg', 'none')),
+             ('ED: EG+ED − EG', (METHOD, 'sentenc'), ('eg', 'sentenc')))  # (what is measured, with, without)
+
+
+def event_ablation(records: pd.DataFrame,  # as `load_records` returns
+                   seed: int = 42,  # the seed of the ablation runs
+                   samples: int = 2000  # document resamples of each bootstrap
+                  ) -> pd.DataFrame:  # one row per target and comparison
+    "Per target: F1 (%) with and without the events, and with and without ED, the difference and its 95% bootstrap interval."
+    runs = records[(records.seed == seed) & (records.lambda_tgt == ExperimentConfig.lambda_tgt)]
+    rows = []
+    for target, group in runs.groupby('target'):
+        pick = lambda setting, events: group[(group.setting == setting) & (group.events == events)]
+        for name, with_, without in ABLATIONS:
+            ours, theirs = pick(*with_), pick(*without)
+            if not (len(ours) and len(theirs)): continue
+            ours, theirs = ours.iloc[0], theirs.iloc[0]
+            row = {'target': target, 'comparison': name, 'with': 100 * ours.f1, 'without': 100 * theirs.f1, 'ΔF1': 100 * (ours.f1 - theirs.f1),
+                   '95% interval': ''}
+            if all((Path(f) / 'per_document.json').exists() for f in (ours.folder, theirs.folder)):
+                label = f'{target} seed {seed}'
+                (docs, a), (docs_b, b) = _summed_counts([ours.folder], label), _summed_counts([theirs.folder], label)
+                if docs != docs_b: raise ValueError(f'{label}: {name} compares runs scored on different documents')
+                low, high = paired_bootstrap(a, b, samples=samples, seed=seed)['ci95']
+                row['95% interval'] = f'[{100 * low:+.2f}, {100 * high:+.2f}]'
+            rows.append(row)
+    return pd.DataFrame(rows, columns=['target', 'comparison', 'with', 'without', 'ΔF1', '95% interval'])
+
+# %% ../nbs/06a_report.ipynb #9aeeac67
+GRID_FACTORS = (
+    ('budget', 'stage-1 epochs trained', 'stage1'), ('budget', 'stage-2 epochs trained', 'stage2'),
+    ('budget', 'stage-1 epoch cap', 'source_train.max_epochs'), ('budget', 'stage-1 patience', 'source_train.patience'),
+    ('budget', 'stage-2 epoch cap', 'target_train.max_epochs'), ('budget', 'stage-2 patience', 'target_train.patience'),
+    ('budget', 'stage-2 step cap', 'target_train.max_steps'),
+    ('regime', 'mode', 'mode'), ('regime', 'backbone (None: the bundled MiniLM)', 'backbone'), ('regime', 'max_length', 'max_length'),
+    ('regime', 'stage-1 lr', 'source_train.lr'), ('regime', 'stage-2 lr', 'target_train.lr'),
+    ('regime', 'stage-1 batch (windows)', 'source_train.batch_size'), ('regime', 'stage-2 batch (windows)', 'target_train.batch_size'),
+    ('fidelity', "event records: own slot as 'X (self)'", 'event_self_text'),
+    ('fidelity', 'event records: Equiv lines make records', 'event_equivalences'),
+    ('fidelity', 'event records: chemical arguments dropped', 'event_drop_unlabelled'),
+    ('fidelity', 'labelled CE share (λ divided by it)', 'ce_share'),
+    ('fidelity', 'MS scope: stage-1 micro-batch (None: the whole batch)', 'source_train.micro_batch_size'),
+    ('fidelity', 'MS scope: stage-2 micro-batch (None: the whole batch)', 'target_train.micro_batch_size'),
+    ('code', 'commit', 'commit'),
+)  # (factor, what, where: a dotted configuration path, 'stage1'/'stage2' for the epochs trained, 'commit')
+_NOT_RECORDED = 'not recorded'
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _factor_value(record: dict, where: str) -> str:
+    "One factor of one record, as text."
+    if where in STAGES_SHOWN:
+        stop = stage_stop(record, where)
+        return '–' if stop is None else str(stop['epoch'])
+    if where == 'commit': return str((record.get('git') or {}).get('commit', _NOT_RECORDED))[:7]
+    value = record.get('config', {})
+    for part in where.split('.'):
+        if isinstance(value, dict) and part not in value and where.split('.')[0].endswith('_train'):
+            return f'{_TRAIN_DEFAULTS[part]} (default)'  # a stage's value left at TrainConfig's default
+        if not isinstance(value, dict) or part not in value: return _NOT_RECORDED
+        value = value[part]
+    if where == 'ce_share': return 'per corpus' if value else 'none (λ as given)'
+    return str(value)
+
+
+def _values(texts: list[str]) -> str:
+    "The values of a factor over a grid's runs: a range for numbers, else the distinct values ('–', a stage a run does not have, left out)."
+    texts = [t for t in texts if t != '–'] or ['–']
+    numbers = [float(t) for t in texts if t.replace('.', '', 1).isdigit()]
+    if numbers and len(numbers) == len(texts) and len(set(numbers)) > 1: return f'{min(numbers):g}–{max(numbers):g}'
+    return ', '.join(sorted(set(texts)))
+
+
+def grid_differences(grids: dict  # grid name → its records (as `load_records` returns)
+                    ) -> pd.DataFrame:  # factor, what, one column per grid, differs
+    "Per factor (budget, regime, fidelity options, code): the values each grid's records used, and whether they differ."
+    records = {name: [read_record(folder) for folder in runs.folder] for name, runs in grids.items()}
+    rows = []
+    for factor, what, where in GRID_FACTORS:
+        values = {name: _values([_factor_value(r, where) for r in recs]) if recs else '' for name, recs in records.items()}
+        known = [v for v in values.values() if v and _NOT_RECORDED not in v]
+        differs = 'not recorded' if len(known) < len(values) else 'yes' if len(set(known)) > 1 else 'no'
+        rows.append({'factor': factor, 'what': what, **values, 'differs': differs})
+    return pd.DataFrame(rows, columns=['factor', 'what', *grids, 'differs'])

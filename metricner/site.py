@@ -21,16 +21,15 @@ from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from .experiments import ExperimentConfig, SETTINGS
+from .experiments import SETTINGS
 from .grid import default_runs_dir, require_checkout
 from .paths import PROJECT_ROOT
-from .report import load_records, score_markdown
+from .report import default_calibration_dir, load_records, run_label, score_markdown, STUDY_PROFILE
 
 # %% auto #0
 __all__ = ['NAV_LABELS', 'SPHINX_CONF', 'SITE_CSS', 'CHROMIUM_FLAGS', 'relative_paths', 'site_notebook', 'stage_api_pages',
-           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'run_label', 'runs_table', 'stage_runs',
-           'stage_site', 'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site',
-           'browser_check']
+           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'runs_table', 'stage_runs', 'stage_site',
+           'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site', 'browser_check']
 
 # %% ../nbs/06b_site.ipynb #93267701
 _ABSOLUTE_PREFIX = re.compile(r'(?<![\w.~/:-])/(?:[^\s/"\'\\<>]+/)+?(?=(?:results/runs|nbs|\.venv|\.cache)/)')
@@ -170,15 +169,6 @@ def quarto_sidebar(pages: list  # `Page`s
     return [{'section': page.label, 'href': page.source, 'contents': quarto_sidebar(page.children)} if page.children
             else {'text': page.label, 'href': page.source} for page in pages]
 
-# %% ../nbs/06b_site.ipynb #2281d004
-def run_label(run  # a row of `load_records`
-             ) -> str:  # e.g. 'EG+ED concat seed 42'
-    "A run's name on the site: its setting, the event paradigm and ED weight where they are not the defaults, its seed."
-    parts = [SETTINGS[run.setting].label]
-    if SETTINGS[run.setting].grouping and run.events != ExperimentConfig.events: parts.append(run.events)
-    if run.lambda_tgt != ExperimentConfig.lambda_tgt: parts.append(f'λ_tgt {run.lambda_tgt:g}')
-    return ' '.join(parts + [f'seed {run.seed}'])
-
 # %% ../nbs/06b_site.ipynb #905d1a7a
 def runs_table(runs: pd.DataFrame,  # records of one target, as `load_records` returns
                link  # a record row → the link of its page, or None
@@ -213,17 +203,19 @@ def stage_runs(dest: Path,  # the staged folder
     targets, lines = [], ['# Runs', '', 'Every recorded run, one page per target: test precision, recall and F1 (%, seqeval micro).', '',
                          '| target | runs | settings |', '|:--|--:|:--|']
     for target, runs in records.groupby('target'):
-        pages = []
+        pages, profiles = [], list(dict.fromkeys(runs.profile))
+        name = lambda run: (f'{run.profile}: ' if len(profiles) > 1 else '') + run_label(run)  # the cpu grid and the study side by side
         for run in runs.itertuples():
             if run_page(run) is None: continue
             source = f'runs/{run_page(run)}'
-            page_copy(Path(run.folder) / 'run.ipynb', dest / source, title=f'{target}: {run_label(run)}', quarto=quarto)
-            pages.append(Page(source, run_label(run)))
+            page_copy(Path(run.folder) / 'run.ipynb', dest / source, title=f'{target}: {name(run)}', quarto=quarto)
+            pages.append(Page(source, name(run)))
         older = '' if runs.current.all() else (' Runs marked *older code* were made with code older than this site\'s; '
                                                'the commit column names the commit that made each.')
         text = (f'# Runs on {target}\n\nEach run of target {target}, by setting: test precision, recall and F1 (%, seqeval '
                 f'micro); the best few-shot value of each column in bold (Oracle, trained on the whole target, is the '
-                f'ceiling).{older}\n\n' + runs_table(runs, run_page) + '\n')
+                f'ceiling).{older}\n\n' + ''.join((f'## The {p} profile\n\n' if len(profiles) > 1 else '')
+                                                    + runs_table(runs[runs.profile == p], run_page) + '\n\n' for p in profiles))
         _markdown_page(dest / 'runs' / f'{target}.md', text, pages, quarto)
         targets.append(Page(f'runs/{target}.md', target, pages))
         lines.append(f'| [{target}]({target}.md) | {len(runs)} | {", ".join(dict.fromkeys(SETTINGS[s].label for s in SETTINGS if s in set(runs.setting)))} |')
@@ -241,34 +233,39 @@ def _title(notebook: Path) -> str:
 def stage_site(dest: Path,  # the staged folder, replaced
                results: Path,  # the runs folder the records are read from
                profiles: list[str],  # one results page each; the front page reports the first
-               quarto: bool = False  # for Quarto; else for Sphinx
+               quarto: bool = False,  # for Quarto; else for Sphinx
+               calibration: Path | None = None  # the calibration records the study page reads; default `default_calibration_dir()`
               ) -> tuple[list, list]:  # the navigation (`Page`s), and (page, environment) pairs to execute
-    "Lay out the site's pages in `dest`: front page, overview, method, results per profile, runs per target, API."
+    "Lay out the site's pages in `dest`: front page, overview, method, results per profile and the study's, runs per target, API."
     nbs = require_checkout('staging the site') / 'nbs'
     if dest.exists(): shutil.rmtree(dest)
     # one OpenMP thread unless told otherwise: on a shared 2-core machine t-SNE took 24 s with two threads, 6 s with one
-    env = lambda profile: {'OMP_NUM_THREADS': '1', **os.environ, 'METRICNER_RESULTS': str(results), 'METRICNER_REPORT_PROFILE': profile}
+    env = lambda profile: {'OMP_NUM_THREADS': '1', **os.environ, 'METRICNER_RESULTS': str(results), 'METRICNER_REPORT_PROFILE': profile,
+                           'METRICNER_CALIBRATION': str(Path(calibration or default_calibration_dir()).absolute())}
     page_copy(nbs / 'index.ipynb', dest / 'overview.ipynb', quarto=quarto)
     page_copy(nbs / 'method.ipynb', dest / 'method.ipynb', quarto=quarto)
     studies = [Page(f'results/{p}.ipynb', f'{p} profile') for p in profiles]
     for profile, page in zip(profiles, studies):
         page_copy(nbs / 'results.ipynb', dest / page.source, title=f'Results: the {profile} profile', hide_input=True, quarto=quarto)
+    study = Page('results/study.ipynb', 'Converged study')  # its records and calibration, whatever exists of them
+    page_copy(nbs / 'study.ipynb', dest / study.source, hide_input=True, quarto=quarto)
     _markdown_page(dest / 'results' / 'index.md', '# Results\n\nOne page per profile or study, computed from its committed records:\n\n'
-                   + ''.join(f'- [{p.label}]({Path(p.source).name})\n' for p in studies), studies, quarto)
+                   + ''.join(f'- [{p.label}]({Path(p.source).name})\n' for p in [*studies, study]), [*studies, study], quarto)
     records = load_records(results)
-    runs = stage_runs(dest, records[records.profile.isin(profiles)], results, quarto)
+    runs = stage_runs(dest, records[records.profile.isin([*profiles, STUDY_PROFILE])], results, quarto)
     api = [Page(f'api/{p.name}', _title(p)) for p in stage_api_pages(dest / 'api')]
     _markdown_page(dest / 'api' / 'index.md', '# API\n\nThe library, one page per notebook of `nbs/`:\n\n'
                    + ''.join(f'- [{p.label}]({Path(p.source).name})\n' for p in api), api, quarto)
     nav = [Page('overview.ipynb', 'Overview'), Page('method.ipynb', 'Method and fidelity'),
-           Page('results/index.md', 'Results', studies), runs, Page('api/index.md', 'API', api)]
+           Page('results/index.md', 'Results', [*studies, study]), runs, Page('api/index.md', 'API', api)]
     home = page_copy(nbs / 'home.ipynb', dest / 'index.ipynb', hide_input=True, quarto=quarto)
     if not quarto:  # the top of Sphinx's navigation hangs from the root page
         import nbformat
         nb = nbformat.read(str(home), as_version=4)
         nb.cells.append(nbformat.v4.new_markdown_cell(toctree(nav)))
         nbformat.write(nb, str(home))
-    return nav, [(home, env(profiles[0]))] + [(dest / page.source, env(p)) for p, page in zip(profiles, studies)]
+    return nav, ([(home, env(profiles[0]))] + [(dest / page.source, env(p)) for p, page in zip(profiles, studies)]
+                 + [(dest / study.source, env(STUDY_PROFILE))])
 
 # %% ../nbs/06b_site.ipynb #47491e2b
 SPHINX_CONF = dict(
@@ -339,7 +336,8 @@ def render_with_quarto(src: Path,  # the staged folder
 def build_site(out_dir: Path | None = None,  # where the site goes; default `_site/` of the checkout
                results: Path | None = None,  # the runs folder the pages read; default `default_runs_dir()`
                use_quarto: bool | None = None,  # render with Quarto; default: when it is on the PATH
-               profile: str | list = 'cpu'  # the profile (or profiles) reported: one results page each, the front page the first
+               profile: str | list = 'cpu',  # the profile (or profiles) reported: one results page each, the front page the first
+               calibration: Path | None = None  # the calibration records of the study page; default `default_calibration_dir()`
               ) -> Path:  # the site's index.html
     "Build the report site from the records under `results` alone: stage the pages, execute the computed ones, render."
     root = require_checkout('building the site')
@@ -348,7 +346,7 @@ def build_site(out_dir: Path | None = None,  # where the site goes; default `_si
     if use_quarto is None: use_quarto = shutil.which('quarto') is not None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / 'site'
-        nav, computed = stage_site(src, results, profiles, quarto=use_quarto)
+        nav, computed = stage_site(src, results, profiles, quarto=use_quarto, calibration=calibration)
         for page, env in computed: execute_page(page, env)
         if use_quarto: render_with_quarto(src, out_dir, nav)
         else: render_with_sphinx(src, out_dir)

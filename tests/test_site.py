@@ -32,9 +32,12 @@ def test_the_pages_a_reader_expects(site):
     results = (site / 'results' / 'cpu.html').read_text(encoding='utf-8')
     assert 'Made with older code.' in results and 'No records yet' not in results  # the committed grid is shown, labelled
     assert results.count('<figcaption') >= 5 and 'id="claims"' in results and 'id="bootstrap"' in results
+    study = (site / 'results' / 'study.html').read_text(encoding='utf-8')  # no study record is committed yet: it says so
+    assert 'No run of the study is recorded yet.' in study and 'No calibration run is recorded yet' in study
+    assert '<table' not in study and 'results/study.html' in front
     runs = (site / 'runs' / 'chemdner.html').read_text(encoding='utf-8')
     assert 'EG+ED concat seed 42' in runs and 'older code' in runs and '<strong>' in runs  # runs by setting, best in bold
-    assert len(list((site / 'runs').rglob('*seed*.html'))) == len(list(default_runs_dir().glob('cpu/*/*/run.ipynb')))
+    assert len(list((site / 'runs').rglob('*seed*.html'))) == len(list(default_runs_dir().glob('*/*/*/run.ipynb')))  # the cpu grid's and the study's
     assert not list(site.rglob('*.ipynb')) and (site / '_static' / 'mathjax' / 'tex-chtml.js').exists()
 
 
@@ -45,7 +48,7 @@ def test_in_a_real_browser(site):
         if os.environ.get('CI') == 'true': pytest.fail('chromium is not installed (apt-get install -y chromium)')
         pytest.skip('chromium is not installed')
     run = next((site / 'runs').rglob('*eg_ed*seed42.html')).relative_to(site).as_posix()
-    pages = ['index.html', 'results/cpu.html', run, 'api/03_losses.html']
+    pages = ['index.html', 'results/cpu.html', 'results/study.html', run, 'api/03_losses.html']
     shots = PROJECT_ROOT / '_site_shots'
     report = browser_check(site, pages, shots, chromium=chromium)
     assert report['problems'] == []
@@ -73,6 +76,6 @@ def test_quarto_gets_the_same_pages_and_navigation(tmp_path, monkeypatch):
             yield entry['href']
             yield from hrefs(entry.get('contents', []))
     assert all((src / href).exists() for href in hrefs(contents))
-    assert [page.relative_to(src).as_posix() for page, _ in computed] == ['index.ipynb', 'results/cpu.ipynb']
+    assert [page.relative_to(src).as_posix() for page, _ in computed] == ['index.ipynb', 'results/cpu.ipynb', 'results/study.ipynb']
     assert '```{toctree}' not in (src / 'runs' / 'chemdner.md').read_text()  # Sphinx's navigation stays out of Quarto's pages
     assert (tmp_path / 'seen.yml.args').read_text().split() == ['render', '--output-dir', str(tmp_path / 'out')]
