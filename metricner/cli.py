@@ -83,16 +83,17 @@ def cmd_download(args) -> int:
 # %% ../nbs/07_cli.ipynb #a4fa91bd
 def cmd_results(args) -> int:
     "`metricner results`: run the grid cells that are not done, or list their status."
-    from metricner.grid import grid, grid_commands, grid_progress, run_grid# pandas and papermill: only when asked for
+    from metricner.grid import calibration_grid, grid, grid_commands, grid_progress, run_grid# pandas and papermill: only when asked for
     if args.status:
         progress = grid_progress(profile=args.profile)
         print(progress.drop(columns=['folder']).to_string(index=False))
         print(', '.join(f'{n} {status}' for status, n in progress.status.value_counts().items()))
         return 0
+    runs = calibration_grid() if args.calibration else grid(args.profile)
     if args.commands:  # one `metricner run` per missing cell, for a scheduler
-        print('\n'.join(grid_commands(grid(args.profile), keep_stale=args.keep_stale)))
+        print('\n'.join(grid_commands(runs, keep_stale=args.keep_stale)))
         return 0
-    run_grid(grid(args.profile), keep_stale=args.keep_stale, dry_run=args.dry_run, jobs=args.jobs)
+    run_grid(runs, keep_stale=args.keep_stale, dry_run=args.dry_run, jobs=args.jobs)
     return 0
 
 # %% ../nbs/07_cli.ipynb #6fdb11df
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument('--dry-run', action='store_true', help='say how many runs are to do; run nothing')
     results.add_argument('--keep-stale', action='store_true', help='keep records made with older code instead of re-running them')
     results.add_argument('--profile', default='cpu', choices=PROFILES, help='whose grid (default: cpu)')
+    results.add_argument('--calibration', action='store_true', help="the calibration runs of the converged profile's regime "
+                         '(issue #17, section 3) instead of a grid; records under results/calibration')
     results.add_argument('--jobs', type=int, default=1, metavar='K', help='run K cells at a time, one device each (default: 1)')
     results.add_argument('--commands', action='store_true', help='print one `metricner run` command per missing cell '
                          '(stage-1 producers first), for a SLURM array or GNU parallel; run nothing')

@@ -23,10 +23,10 @@ from metricner.experiments import (
     source_stage_inputs)
 
 # %% auto #0
-__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'STUDY_SOURCES', 'STUDY_PRIORITIES',
-           'known_settings', 'grid', 'study_grid', 'default_runs_dir', 'run_folder', 'require_checkout', 'cell_status',
-           'grid_progress', 'terminal_text', 'compact_progress_output', 'worker_environment', 'cells_to_do', 'run_grid',
-           'stage1_group', 'grid_commands']
+__all__ = ['TARGETS', 'SEEDS', 'LAMBDAS', 'METHOD', 'TRANSFER', 'BASELINES', 'STUDY_SOURCES', 'STUDY_PRIORITIES', 'CALIBRATION',
+           'known_settings', 'grid', 'study_grid', 'default_calibration_dir', 'calibration_grid', 'default_runs_dir',
+           'run_folder', 'require_checkout', 'cell_status', 'grid_progress', 'terminal_text', 'compact_progress_output',
+           'worker_environment', 'cells_to_do', 'run_grid', 'stage1_group', 'grid_commands']
 
 # %% ../nbs/06_grid.ipynb #12303660
 TARGETS = ('chemdner', 'bc5cdr', 'drugprot')
@@ -55,7 +55,8 @@ def _by_source_stage(names) -> list[str]:
 
 def grid(profile: str = 'cpu'  # the profile of every run
         ) -> list[dict]:  # one parameter mapping (for `config_from_parameters`) per run, in the order they are run
-    "The published runs."
+    "The published runs: the cpu grid, or for the `converged` profile the study's plan (`study_grid`)."
+    if profile == 'converged': return study_grid(profile=profile)
     # Ordered so that a partial grid is useful: every setting at seed 42 first (one full table per target), then the
     # CHEMDNER ablations, then the other seeds; runs that share a source stage follow each other.
     runs = [dict(target=target, setting=setting, seed=42) for target in TARGETS for setting in _by_source_stage(SETTINGS)]
@@ -78,7 +79,8 @@ def study_grid(priority: int | None = None,  # one part of the plan (1, 2 or 3);
     if priority is None: return [run for p in STUDY_PRIORITIES for run in study_grid(p, profile)]
     if priority not in STUDY_PRIORITIES: raise ValueError(f'the study has priorities {STUDY_PRIORITIES}, not {priority!r}')
     if priority == 1:
-        runs = [dict(source='all', target=target, setting=setting, seed=seed) for target in TARGETS
+        # BC5CDR first: its Target Only and Direct Transfer at seed 42 are also the calibration of the profile's regime
+        runs = [dict(source='all', target=target, setting=setting, seed=seed) for target in ('bc5cdr', 'chemdner', 'drugprot')
                 for setting in _by_source_stage((METHOD, *BASELINES)) for seed in SEEDS]
         runs += [dict(source='all', target=target, setting=setting, seed=42) for target in TARGETS
                  for setting in known_settings('eg', 'ed', 'oracle')]
@@ -88,6 +90,25 @@ def study_grid(priority: int | None = None,  # one part of the plan (1, 2 or 3);
         runs = [dict(source=source, target='bc5cdr', setting=setting, seed=seed) for seed in seeds
                 for source in STUDY_SOURCES for setting in (TRANSFER, METHOD)]
     return [{'events': 'sentenc', 'profile': profile, **run} for run in runs]
+
+
+CALIBRATION = {'full-lr1e-4': {'mode': 'full', 'source_train': {'lr': 1e-4}, 'target_train': {'lr': 1e-4}}}
+"""The regimes the calibration of issue #17 compares with the `converged` profile's own (adapters, lr 1e-3, whose runs are
+the study's BC5CDR baselines at seed 42): name → configuration overrides."""
+
+
+def default_calibration_dir() -> Path:
+    "Where calibration records live: `calibration/` in `default_results_dir()`, apart from the grids' runs."
+    return default_results_dir() / 'calibration'
+
+
+def calibration_grid(root: Path | None = None  # the calibration folder; default `default_calibration_dir()`
+                    ) -> list[dict]:  # one parameter mapping per run, each with its `out_dir`
+    "Target Only and Direct Transfer on BC5CDR from the pooled source at seed 42, in every regime of `CALIBRATION`."
+    root = Path(root or default_calibration_dir())
+    return [dict(source='all', target='bc5cdr', setting=setting, seed=42, events='sentenc', profile='converged', overrides=overrides,
+                 out_dir=str(root / regime / ('all' if SETTINGS[setting].source_stage else 'none') / f'bc5cdr-{setting}-seed42'))
+            for regime, overrides in CALIBRATION.items() for setting in (TRANSFER, 'target_only')]
 
 # %% ../nbs/06_grid.ipynb #89096e94
 def default_runs_dir() -> Path:
@@ -99,6 +120,7 @@ def run_folder(parameters: dict,  # one run of `grid`
                root: Path | None = None  # the runs folder; default `default_runs_dir()`
               ) -> Path:  # the folder of its record
     "Where a grid run's record lives: its default output folder, with λ_tgt in the name when it is not the default."
+    if parameters.get('out_dir'): return Path(parameters['out_dir'])  # a run placed apart (the calibration)
     config = config_from_parameters(parameters)
     folder = default_out_dir(config)
     if config.lambda_tgt != ExperimentConfig.lambda_tgt: folder = folder.with_name(f'{folder.name}-lambda{config.lambda_tgt:g}')
@@ -280,4 +302,5 @@ def grid_commands(runs: list[dict] | None = None,  # grid runs to consider; defa
     groups = [stage1_group(r) for r in todo]
     producers = {g: i for i, g in reversed(list(enumerate(groups))) if g is not None}
     order = sorted(range(len(todo)), key=lambda i: (producers.get(groups[i]) != i, i))
-    return [shlex.join([program, 'run', *run_arguments(todo[i]), '--out', str(run_folder(todo[i], root))]) for i in order]
+    without_folder = lambda run: {k: v for k, v in run.items() if k != 'out_dir'}  # noqa: E731 — given once, by --out
+    return [shlex.join([program, 'run', *run_arguments(without_folder(todo[i])), '--out', str(run_folder(todo[i], root))]) for i in order]

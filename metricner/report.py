@@ -18,18 +18,19 @@ import pandas as pd
 from .paths import default_results_dir, PROJECT_ROOT
 from .trainers import TrainConfig
 from .experiments import code_fingerprint, ExperimentConfig, SETTINGS
-from .grid import BASELINES, default_runs_dir, METHOD, STUDY_PRIORITIES, study_grid, TRANSFER
+from .grid import BASELINES, default_calibration_dir, default_runs_dir, METHOD, STUDY_PRIORITIES, study_grid, TRANSFER
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'PREMISE',
-           'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path', 'published_runs', 'run_label',
-           'main_runs', 'source_runs', 'results_table', 'per_type_table', 'ablation_table', 'score_markdown',
-           'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown', 'plot_f1_by_setting',
-           'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve',
-           'plot_feature_projection', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'fp_column',
-           'claims', 'claims_summary', 'default_calibration_dir', 'stage_stop', 'run_convergence', 'stopping_table',
-           'study_progress', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
-           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
+           'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path', 'published_runs',
+           'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table', 'ablation_table',
+           'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown',
+           'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives',
+           'plot_lambda_curve', 'plot_feature_projection', 'source_stages', 'source_stage_summary',
+           'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop', 'run_convergence',
+           'stopping_table', 'study_progress', 'premise_table', 'load_calibration', 'calibration_table',
+           'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation',
+           'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -553,12 +554,6 @@ def claims_summary(table: pd.DataFrame  # as `claims` returns
 # %% ../nbs/06a_report.ipynb #73298d89
 STUDY_PROFILE = 'converged'  # the profile of the study's runs
 
-
-def default_calibration_dir() -> Path:
-    "Where calibration records live by default: `calibration/` in `default_results_dir()`, one folder per regime."
-    return default_results_dir() / 'calibration'
-
-
 # %% ../nbs/06a_report.ipynb #7fffb23a
 STAGES_SHOWN = {'stage1': 'stage 1', 'stage2': 'stage 2'}  # the stages of a record, as pages name them
 
@@ -674,15 +669,29 @@ def premise_table(records: pd.DataFrame,  # as `load_records` returns
                                        'DT on source spans %', *PREMISE])
 
 # %% ../nbs/06a_report.ipynb #d05d196d
-def load_calibration(root: Path | None = None  # the calibration folder; default `default_calibration_dir()`
+PROFILE_REGIME = 'converged profile'
+"""The calibration regime that is the `converged` profile itself: its Target Only and Direct Transfer runs on BC5CDR at
+seed 42 are the study's own, so they are read from the study's records rather than made twice."""
+
+
+def _with_regime(records: pd.DataFrame, regimes: list[str]) -> pd.DataFrame:
+    configs = [read_record(folder)['config'] for folder in records.folder]
+    return records.assign(regime=regimes, mode=[c.get('mode') for c in configs],
+                          source_lr=[c.get('source_train', {}).get('lr') for c in configs],
+                          target_lr=[c.get('target_train', {}).get('lr') for c in configs])
+
+
+def load_calibration(root: Path | None = None,  # the calibration folder; default `default_calibration_dir()`
+                     study: pd.DataFrame | None = None  # the study's records (`load_records`); their BC5CDR baselines at seed 42 are the profile's regime
                     ) -> pd.DataFrame:  # `load_records`' columns, plus regime, mode, source_lr, target_lr
-    "The calibration records, one folder per regime: each with its regime (the folder's name), mode and the two stages' learning rates."
+    "The calibration records, one folder per regime (the folder's name), and the profile's own regime from the study; with mode and both learning rates."
     root = Path(root or default_calibration_dir())
     records = load_records(root)
-    configs = [read_record(folder)['config'] for folder in records.folder]
-    return records.assign(regime=[Path(folder).relative_to(root).parts[0] for folder in records.folder],
-                          mode=[c.get('mode') for c in configs], source_lr=[c.get('source_train', {}).get('lr') for c in configs],
-                          target_lr=[c.get('target_train', {}).get('lr') for c in configs])
+    found = _with_regime(records, [Path(folder).relative_to(root).parts[0] for folder in records.folder])
+    if study is None or not len(study): return found
+    own = study[(study.profile == STUDY_PROFILE) & (study.source == 'all') & (study.target == 'bc5cdr') & (study.seed == 42)
+                & study.setting.isin(BASELINES) & study.current]
+    return pd.concat([found, _with_regime(own, [PROFILE_REGIME] * len(own))], ignore_index=True)
 
 # %% ../nbs/06a_report.ipynb #5b1312a9
 def _stops_of(records: pd.DataFrame) -> str:

@@ -191,6 +191,21 @@ def test_calibration_is_kept_apart_and_chooses_a_regime(tmp_path):
     assert calibration_choice(table[table.regime == 'full-lr1e-4']).startswith('**No regime shows the premise.**')
 
 
+def test_the_profile_regime_is_read_from_the_study(tmp_path):
+    "The converged profile's own regime is the study's BC5CDR Target Only and Direct Transfer at seed 42, not a second copy."
+    runs, calibration = tmp_path / 'runs', tmp_path / 'calibration'
+    write_run(runs, 'target_only', f1=0.60, fp=0.04)
+    write_run(runs, 'direct_transfer', f1=0.63, fp=0.07)
+    write_run(runs, 'direct_transfer', f1=0.50, seed=13)  # another seed: not calibration
+    write_run(runs, 'direct_transfer', f1=0.50, source='pc')  # another source: not calibration
+    write_run(calibration, 'target_only', f1=0.70, folder=calibration / 'full-lr1e-4' / 'none' / 'bc5cdr-target_only-seed42')
+    both = load_calibration(calibration, load_records(runs))
+    assert sorted(both.regime) == ['converged profile', 'converged profile', 'full-lr1e-4']
+    table = calibration_table(both).set_index('regime')
+    assert table.loc['converged profile', 'mode'] == 'adapter'
+    assert calibration_choice(table.reset_index()).startswith('**The premise selects converged profile**')
+
+
 def test_grid_differences_from_the_records(partial_study):
     records = load_records(partial_study)
     differences = grid_differences({'cpu grid': records[records.profile == 'cpu'], 'study': records[records.profile == 'converged']})
@@ -217,3 +232,19 @@ def test_the_study_page_on_a_partial_study(partial_study, tmp_path):
     assert 'No calibration run is recorded yet' in text and 'events: EG − EG without events' in text
     assert '| mode ' in text  # the grid differences: the cpu grid's records against the study's
     assert sum('image/png' in o.get('data', {}) for o in outputs) >= 4  # scores, shift, false positives, ED term (, stage 1)
+
+
+def test_the_converged_grid_is_the_study_and_calibration_runs_apart(tmp_path):
+    from metricner.experiments import config_from_parameters, resolve
+    from metricner.grid import calibration_grid, grid, grid_commands, run_folder
+    assert grid('converged') == study_grid()
+    first = grid('converged')[:2]
+    assert [(r['target'], r['setting'], r['seed']) for r in first] == [('bc5cdr', 'direct_transfer', 42), ('bc5cdr', 'direct_transfer', 13)]
+    runs = calibration_grid(tmp_path)
+    assert {r['setting'] for r in runs} == {'direct_transfer', 'target_only'}
+    for run in runs:
+        assert run_folder(run) == Path(run['out_dir']) and run_folder(run).is_relative_to(tmp_path / 'full-lr1e-4')
+        config = resolve(config_from_parameters(run))
+        assert (config.mode, config.source_train['lr'], config.target_train['lr']) == ('full', 1e-4, 1e-4)
+        assert config.source_train['batch_size'] == 64  # the profile's other values stay
+    for command in grid_commands(runs, root=tmp_path): assert command.count('--out') == 1
