@@ -812,7 +812,7 @@ def format_epoch_benchmark(result: dict  # as `run_epoch_benchmark` returns
              f"source {config['source']} ({config['units']} documents), {config['backbone']}, {config['mode']}, windows ≤ "
              f"{config['max_length']}, batch {config['batch_size']} in micro-batches of {config['micro_batch_size']}, CE only",
              f"machine: {config['machine']}; torch {config['torch']}, {config['threads']} threads"
-             + _contention({**config, 'threads': config['threads']}), '',
+             + _contention(config), '',
              f"{'dropout':<8}{'real tokens/s':>15}{'synthetic tokens/s':>20}{'real/synthetic':>16}{'steps':>7}{'windows':>9}"
              f"{'real tokens':>13}{'seconds':>9}"]
     for kernel, r in real.items():
