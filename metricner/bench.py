@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,16 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .windows import IGNORE, Batch, collate, length_batches, padding_efficiency, sequential_batches
-from .tagger import Tagger, tagging_loss
+from .tagger import (
+    Tagger, _DropScale, byte_attention, byte_dropout, drop_mask, random_bytes, tagging_loss)
 
 # %% auto #0
-__all__ = ['MATMUL_OPS', 'BENCH_FLOORS', 'matmul_gflops', 'dense_flops_per_token', 'attention_flops_per_token',
-           'adapter_flops_per_token', 'head_flops_per_token', 'ModelShape', 'forward_flops', 'training_flops',
-           'padded_to', 'naive_padding_efficiency', 'spread_sample', 'time_training', 'time_inference', 'utilisation',
-           'training_time_shares', 'PeakRSS', 'aux_similarity_probe', 'measure_aux_similarity', 'measure_tagging',
-           'meets_floors', 'run_tagging_benchmark', 'run_benchmark', 'format_benchmark']
+__all__ = ['MATMUL_OPS', 'BENCH_FLOORS', 'DROPOUT_VARIANTS', 'matmul_gflops', 'dense_flops_per_token',
+           'attention_flops_per_token', 'adapter_flops_per_token', 'head_flops_per_token', 'ModelShape',
+           'forward_flops', 'training_flops', 'padded_to', 'naive_padding_efficiency', 'spread_sample', 'time_training',
+           'time_inference', 'utilisation', 'training_time_shares', 'operator_shares', 'PeakRSS',
+           'aux_similarity_probe', 'measure_aux_similarity', 'measure_tagging', 'meets_floors', 'run_tagging_benchmark',
+           'run_benchmark', 'format_benchmark', 'time_dropout_variants', 'StepWatch', 'real_training_setup',
+           'time_real_training', 'synthetic_training_rates', 'run_epoch_benchmark', 'format_epoch_benchmark']
 
 # %% ../nbs/08_bench.ipynb #8f55e05a
 def matmul_gflops(size: int = 4096,  # rows and columns of the two square matrices
@@ -240,6 +245,13 @@ def training_time_shares(tagger: Tagger,  # a throw-away tagger: the profiled st
     time_training(tagger, windows, [idx], warmup=0)  # the first step allocates
     with profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         time_training(tagger, windows, [idx], warmup=0)
+    return operator_shares(prof, top)
+
+
+def operator_shares(prof,  # a finished `torch.profiler.profile`
+                    top: int = 6  # operators to list
+                   ) -> dict:  # matmul_share, and top_ops: operator → share of the profiled operator time
+    "Share of the profiled operator time spent in matrix products, and the `top` operators by own time."
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     total = sum(t for _, t in events) or 1
     ranked = sorted(events, key=lambda e: -e[1])[:top]
@@ -524,9 +536,19 @@ def run_benchmark(quick: bool = False,  # time fewer batches and repeat less: a 
     return result
 
 
+def _cpu_model() -> str:
+    "The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."
+    import platform
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.system()
+
+
 def _machine() -> str:
     import platform
-    return f'{platform.machine()}, {_cores()} cores, {platform.processor() or platform.system()}'
+    return f'{platform.machine()}, {_cores()} cores, {_cpu_model()}'
 
 # %% ../nbs/08_bench.ipynb #a4d785fb
 _UNITS = {'matmul_gflops': 'GFLOP/s', 'train_tokens_per_s': 'tokens/s', 'infer_tokens_per_s': 'tokens/s',
@@ -580,3 +602,230 @@ def format_benchmark(result: dict  # as `run_benchmark` returns, or any part of 
     if 'seconds' in result: lines += ['', f"measured in {result['seconds']:.0f} s"
                                       + _contention(config)]
     return '\n'.join(lines)
+
+# %% ../nbs/08_bench.ipynb #030bfcb6
+def _uint8_bytes(n: int) -> torch.Tensor: return torch.empty(n, dtype=torch.uint8).random_()  # one 32-bit draw a byte
+
+
+def _drop_mask_equal_bytes(shape, p: float, source) -> torch.Tensor:
+    "An exact mask made the first way tried: the remainder of p drawn at the elements whose byte is floor(256p), found by a pass."
+    n, cut = math.prod(shape), 256 * p
+    k = math.floor(cut)
+    b = source(n)
+    edge = (b == k).nonzero().squeeze(1)
+    drop = torch.lt(b, k, out=b.view(torch.bool))
+    drop.index_put_((edge,), torch.rand(len(edge), dtype=torch.float64) < cut - k)
+    return drop.view(shape)
+
+
+DROPOUT_VARIANTS = {
+    'torch F.dropout (bernoulli_ into floats)': lambda x, p: F.dropout(x, p, True),
+    'uint8 random_, equal-byte pass': lambda x, p: _DropScale.apply(x, _drop_mask_equal_bytes(x.shape, p, _uint8_bytes), 1 / (1 - p)),
+    '64-bit draws, equal-byte pass': lambda x, p: _DropScale.apply(x, _drop_mask_equal_bytes(x.shape, p, random_bytes), 1 / (1 - p)),
+    '64-bit draws, geometric, torch.where': lambda x, p: torch.where(drop_mask(x.shape, p), 0.0, x) * (1 / (1 - p)),
+    'byte_dropout (64-bit, geometric, fill)': byte_dropout,
+}
+"Exact dropout constructions, forward `(x, p) → y`: torch's, the ones tried on the way, and `byte_dropout`."
+
+# %% ../nbs/08_bench.ipynb #f99f8d32
+def _median_seconds(tasks: dict, repeats: int) -> dict:
+    "Median seconds of each callable of `tasks`, run in interleaved rounds after one untimed call each."
+    for task in tasks.values(): task()
+    seconds = {name: [] for name in tasks}
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            start = time.perf_counter(); task(); seconds[name].append(time.perf_counter() - start)
+    return {name: float(np.median(s)) for name, s in seconds.items()}
+
+
+def time_dropout_variants(shape=(16, 12, 384, 384),  # attention probabilities: batch 16, 12 heads, 384 positions
+                          p: float = 0.1,  # the dropout probability
+                          head_size: int = 32,  # size of an attention head (MiniLM: 384 / 12)
+                          repeats: int = 5,  # timed rounds
+                          seed: int = 0  # seed of the inputs
+                         ) -> dict:  # dropout: variant → median seconds; attention: torch / bytes → median seconds; shape, p
+    "Forward + backward of each of `DROPOUT_VARIANTS` on `shape`, and of SDPA with torch's and the byte kernel's dropout."
+    g = torch.Generator().manual_seed(seed)
+    x, grad = torch.randn(shape, generator=g, requires_grad=True), torch.randn(shape, generator=g)
+    def dropout_step(variant):
+        def run():
+            variant(x, p).backward(grad); x.grad = None
+        return run
+    qkv = [torch.randn(*shape[:-1], head_size, generator=g, requires_grad=True) for _ in range(3)]
+    mask = torch.zeros(shape[0], 1, *shape[-2:]); mask[::2, ..., shape[-1] * 3 // 4:] = torch.finfo(torch.float32).min  # padding in half the rows
+    out_grad = torch.randn(*shape[:-1], head_size, generator=g)
+    def attention_step(attend):
+        def run():
+            attend(*qkv, attn_mask=mask, dropout_p=p).backward(out_grad)
+            for t in qkv: t.grad = None
+        return run
+    dropout = _median_seconds({name: dropout_step(v) for name, v in DROPOUT_VARIANTS.items()}, repeats)
+    attention = _median_seconds({'torch': attention_step(F.scaled_dot_product_attention), 'bytes': attention_step(byte_attention)}, repeats)
+    return {'dropout': dropout, 'attention': attention, 'shape': list(shape), 'p': p, 'repeats': repeats}
+
+# %% ../nbs/08_bench.ipynb #dc769f21
+class _EnoughSteps(BaseException):
+    "Ends a watched training run once `StepWatch` has seen its steps (a BaseException, so that no `except Exception` on the way swallows it)."
+
+
+class StepWatch:
+    "Watches a training run from outside: end time, real tokens and windows of each optimizer step; a profile of one step; an early stop."
+    def __init__(self,
+                 tagger: Tagger,  # the tagger being trained: its training forward passes are counted
+                 stop_after: int | None = None,  # end the run after this many steps; None: let it finish
+                 profile_step: int | None = None  # profile this step (counted from 0; at least 1: the first allocates)
+                ):
+        if profile_step is not None and profile_step < 1: raise ValueError('profile_step must be at least 1')
+        self.tagger, self.stop_after, self.profile_step = tagger, stop_after, profile_step
+        self.ends, self.tokens, self.windows, self.profile = [], [], [], None  # per step; the finished profiler
+        self._tokens = self._windows = 0
+
+    def _forward(self, module, args, kwargs):
+        if not module.training: return
+        mask = kwargs['attention_mask'] if 'attention_mask' in kwargs else args[1]
+        self._tokens += int(mask.sum()); self._windows += mask.shape[0]
+
+    def _stepped(self, optimizer, args, kwargs):
+        self.ends.append(time.perf_counter()); self.tokens.append(self._tokens); self.windows.append(self._windows)
+        self._tokens = self._windows = 0
+        done = len(self.ends)
+        if self._profiler is not None and done == self.profile_step + 1: self._stop_profiler()
+        if done == self.profile_step:
+            from torch.profiler import profile
+            self._profiler = profile(activities=[torch.profiler.ProfilerActivity.CPU]); self._profiler.start()
+        if self.stop_after is not None and done >= self.stop_after: raise _EnoughSteps
+
+    def _stop_profiler(self):
+        self._profiler.stop(); self.profile, self._profiler = self._profiler, None
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        self._profiler = None
+        self._hooks = [register_optimizer_step_post_hook(self._stepped),
+                       self.tagger.register_forward_pre_hook(self._forward, with_kwargs=True)]
+        return self
+
+    def __exit__(self, kind, error, trace):
+        for hook in self._hooks: hook.remove()
+        if self._profiler is not None: self._profiler.stop(); self._profiler = None  # the run ended first: no profile
+        return kind is _EnoughSteps
+
+# %% ../nbs/08_bench.ipynb #873d42ba
+def real_training_setup(data_dir=None,  # the corpora folder; default as `load_corpus`
+                        profile: str = 'converged',  # the profile whose stage-1 settings are used
+                        source: str = 'all',  # the source corpus
+                        seed: int = 42  # the run's seed
+                       ) -> tuple:  # (resolved `ExperimentConfig`, source corpus, training units)
+    "The stage-1 configuration (CE only), source corpus and training units of a run, as `source_stage` resolves them."
+    from metricner.corpora import load_corpus
+    from metricner.experiments import ExperimentConfig, resolve
+    from metricner.units import tag_documents
+    config = resolve(ExperimentConfig(source=source, setting='direct_transfer', profile=profile, seed=seed, data_dir=data_dir))
+    corpus = load_corpus(config.source, config.data_dir, exclude_types=config.source_exclude_types)
+    units, _ = tag_documents(corpus['train'], corpus.types, config.unit, corpus.source_like)
+    return config, corpus, units
+
+# %% ../nbs/08_bench.ipynb #96f83bfc
+def time_real_training(kernel: str,  # `TaggerConfig.dropout_kernel`
+                       config,  # a resolved `ExperimentConfig` (`real_training_setup`): backbone, mode, window, source_train
+                       corpus,  # the source corpus (its labels)
+                       units,  # its training units
+                       steps: int | None = None,  # time steps 1 … steps (after an untimed first) and profile the next; None: the whole epoch
+                       top: int = 8  # operators to list
+                      ) -> dict:  # kernel, steps, windows, real_tokens, seconds, tokens_per_s, operators
+    "Time stage 1's first epoch (or its first steps) as `train_stage` runs it, with dropout kernel `kernel`, and profile one real step."
+    from metricner.trainers import TrainConfig, train_stage
+    train = TrainConfig(**{**config.source_train, 'seed': config.seed, 'ms_weight': 0.0, 'min_epochs': 1, 'max_epochs': 1,
+                           'progress': False})
+    torch.manual_seed(config.seed)
+    tagger = Tagger.build(config.backbone, labels=corpus.labels, mode=config.mode, max_length=config.max_length,
+                          seed=config.seed, dropout_kernel=kernel)
+    if steps is None:
+        with StepWatch(tagger) as watch: _, history = train_stage(tagger, units, [], train)
+        timed, seconds = slice(0, None), history[0]['seconds']  # train_stage's own epoch time (no dev set: no evaluation)
+        with StepWatch(tagger, stop_after=2, profile_step=1) as profiled: train_stage(tagger, units, [], train)
+    else:
+        with StepWatch(tagger, stop_after=steps + 2, profile_step=steps + 1) as watch: train_stage(tagger, units, [], train)
+        if len(watch.ends) < steps + 2: raise ValueError(f'the epoch has only {len(watch.ends)} steps; ask for at most {len(watch.ends) - 2}')
+        timed, seconds, profiled = slice(1, steps + 1), watch.ends[steps] - watch.ends[0], watch
+    tokens = sum(watch.tokens[timed])
+    return {'kernel': kernel, 'steps': len(watch.tokens[timed]), 'windows': sum(watch.windows[timed]), 'real_tokens': tokens,
+            'seconds': seconds, 'tokens_per_s': tokens / seconds, 'operators': operator_shares(profiled.profile, top)}
+
+# %% ../nbs/08_bench.ipynb #77dc5183
+def synthetic_training_rates(data_dir=None,  # the corpora folder
+                             batches: int = 10,  # timed batches (`run_benchmark`: 3 quick, 10 otherwise)
+                             batch_size: int = 16,  # windows per step (`run_benchmark`'s)
+                             kernels=('torch', 'bytes')  # dropout kernels
+                            ) -> dict:  # kernel → real tokens/s
+    "The bench's synthetic training rate (`train_tokens_per_s` of `run_benchmark`: adapter MiniLM on CHEMDNER) with each dropout kernel."
+    from metricner.corpora import load_corpus
+    chemdner = load_corpus('chemdner', data_dir)
+    rates, windows = {}, None
+    for kernel in kernels:
+        tagger = Tagger.build(None, chemdner.labels, mode='adapter', dropout_kernel=kernel)
+        windows = windows or _training_windows(tagger, chemdner)  # the same tokenizer and window for both
+        sample = spread_sample(length_batches([len(w) for w in windows], batch_size, shuffle=True), batches)
+        rates[kernel] = time_training(tagger, windows, sample)['tokens_per_s']
+    return rates
+
+# %% ../nbs/08_bench.ipynb #b3bd327a
+def run_epoch_benchmark(quick: bool = False,  # time only the first `steps` steps of the epoch
+                        steps: int | None = None,  # steps to time (after an untimed first); default 4 with `quick`, else the whole epoch
+                        data_dir=None,  # the corpora folder; default as `load_corpus`
+                        progress: bool = True,  # say on stderr what is being measured
+                        profile: str = 'converged',  # the profile whose stage-1 settings are timed
+                        source: str = 'all'  # the source corpus
+                       ) -> dict:  # real (kernel → timing), synthetic (kernel → tokens/s), variants, config
+    "A real stage-1 epoch (or its first steps) with torch's and the byte dropout, beside the synthetic rate and the dropout variants."
+    steps = steps if steps is not None else 4 if quick else None
+    started, threads_before, load_before = time.perf_counter(), torch.get_num_threads(), os.getloadavg()[0]
+    torch.set_num_threads(_cores())
+    try:
+        _say(progress, 'dropout variants on one tensor of attention probabilities')
+        variants = time_dropout_variants(repeats=3 if steps is not None else 5)
+        _say(progress, f'{source} training units, {profile} profile')
+        config, corpus, units = real_training_setup(data_dir, profile, source)
+        real = {}
+        for kernel in ('torch', 'bytes'):
+            _say(progress, f'real stage-1 training with {kernel} dropout: ' + ('one epoch' if steps is None else f'{steps} steps after a warm-up'))
+            real[kernel] = time_real_training(kernel, config, corpus, units, steps)
+        _say(progress, "the bench's synthetic training rate with each kernel")
+        synthetic = synthetic_training_rates(data_dir, 3 if steps is not None else 10)
+    finally:
+        torch.set_num_threads(threads_before)
+    train = config.source_train
+    return {'real': real, 'synthetic': synthetic, 'variants': variants, 'seconds': time.perf_counter() - started,
+            'config': {'profile': profile, 'source': source, 'backbone': config.backbone or 'all-MiniLM-L6-v2 (bundled)',
+                       'mode': config.mode, 'max_length': config.max_length, 'batch_size': train['batch_size'],
+                       'micro_batch_size': train.get('micro_batch_size'), 'seed': config.seed, 'steps': steps,
+                       'units': len(units), 'machine': _machine(), 'threads': _cores(), 'torch': torch.__version__,
+                       'load_average_at_start': round(load_before, 2), 'load_average_at_end': round(os.getloadavg()[0], 2)}}
+
+# %% ../nbs/08_bench.ipynb #d5d2b8b7
+def format_epoch_benchmark(result: dict  # as `run_epoch_benchmark` returns
+                          ) -> str:  # the tables, as text
+    "Readable tables of a `run_epoch_benchmark` result."
+    config, real, synthetic, variants = result['config'], result['real'], result['synthetic'], result['variants']
+    what = 'one whole epoch' if config['steps'] is None else f"its first {config['steps']} steps after an untimed warm-up step"
+    lines = [f"metricner bench --epoch: a real stage-1 epoch of the {config['profile']} profile, {what}",
+             f"source {config['source']} ({config['units']} documents), {config['backbone']}, {config['mode']}, windows ≤ "
+             f"{config['max_length']}, batch {config['batch_size']} in micro-batches of {config['micro_batch_size']}, CE only",
+             f"machine: {config['machine']}; torch {config['torch']}, {config['threads']} threads"
+             + _contention(config), '',
+             f"{'dropout':<8}{'real tokens/s':>15}{'synthetic tokens/s':>20}{'real/synthetic':>16}{'steps':>7}{'windows':>9}"
+             f"{'real tokens':>13}{'seconds':>9}"]
+    for kernel, r in real.items():
+        lines.append(f"{kernel:<8}{r['tokens_per_s']:>15,.0f}{synthetic[kernel]:>20,.0f}{r['tokens_per_s'] / synthetic[kernel]:>16.2f}"
+                     f"{r['steps']:>7}{r['windows']:>9}{r['real_tokens']:>13,}{r['seconds']:>9.1f}")
+    lines.append(f"{'bytes/torch':<8}{real['bytes']['tokens_per_s'] / real['torch']['tokens_per_s']:>12.2f}×"
+                 f"{synthetic['bytes'] / synthetic['torch']:>19.2f}×")
+    shape = '×'.join(map(str, variants['shape']))
+    lines += ['', f"dropout variants: forward + backward on [{shape}] attention probabilities, p = {variants['p']}, "
+                  f"median of {variants['repeats']}"]
+    lines += [f"  {name:<44}{s * 1000:>8.0f} ms" for name, s in variants['dropout'].items()]
+    lines += [f"  {'SDPA with dropout, ' + name + ' kernel':<44}{s * 1000:>8.0f} ms" for name, s in variants['attention'].items()]
+    for kernel, r in real.items():
+        ops = ', '.join(f'{k.removeprefix("aten::")} {v:.0%}' for k, v in r['operators']['top_ops'].items())
+        lines += ['', f"top operators of one real step, {kernel} dropout (matmul share {r['operators']['matmul_share']:.0%}): {ops}"]
+    return '\n'.join(lines + ['', f"measured in {result['seconds']:.0f} s"])

@@ -66,8 +66,13 @@ def cmd_run(args) -> int:
 
 # %% ../nbs/07_cli.ipynb #0d46699d
 def cmd_bench(args) -> int:
-    "`metricner bench`: speed and efficiency figures of this machine."
-    from metricner.bench import format_benchmark, run_benchmark, run_tagging_benchmark  # heavy: only when asked for
+    "`metricner bench`: speed and efficiency figures of this machine (`--epoch`: a real training epoch, with each dropout kernel)."
+    from metricner.bench import (format_benchmark, format_epoch_benchmark, run_benchmark, run_epoch_benchmark,
+                                 run_tagging_benchmark)  # heavy: only when asked for
+    if args.epoch:
+        result = run_epoch_benchmark(quick=args.quick, steps=args.steps, data_dir=args.data_dir, progress=not args.json)
+        print(json.dumps(result, indent=1, default=str) if args.json else format_epoch_benchmark(result))
+        return 0
     if args.tagging_only: result = run_tagging_benchmark(quick=args.quick, data_dir=args.data_dir)
     else: result = run_benchmark(quick=args.quick, data_dir=args.data_dir, progress=not args.json)
     print(json.dumps(result, indent=1, default=str) if args.json else format_benchmark(result))
@@ -143,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--json', action='store_true', help='print JSON instead of a table')
     bench.add_argument('--data-dir', type=Path, default=None, help='where the corpora are (default: $METRICNER_DATA)')
     bench.add_argument('--tagging-only', action='store_true', help='only tagging throughput: metricner tag vs the transformers pipeline')
+    bench.add_argument('--epoch', action='store_true', help="a real stage-1 epoch of the converged profile with torch's and the "
+                       'byte dropout kernel, beside the synthetic rate (with --quick: its first 4 steps)')
+    bench.add_argument('--steps', type=int, default=None, help='with --epoch: time only the first N steps (after a warm-up step)')
     bench.set_defaults(run=cmd_bench)
 
     fetch = commands.add_parser('download', help='fetch the corpora from their public sources and verify their checksums')

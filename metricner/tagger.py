@@ -5,9 +5,11 @@
 # %% ../nbs/01b_tagger.ipynb #bca3552e
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from . import __version__
 
@@ -24,8 +27,130 @@ from .backbone import (
 from .windows import collate, encode_units, EncodingReport, IGNORE, length_batches, Window
 
 # %% auto #0
-__all__ = ['MODES', 'ADAPTER_NAME', 'FORMAT_VERSION', 'TaggerConfig', 'weights_fingerprint', 'Tagger', 'tagging_loss',
-           'predict_words', 'predict_ids', 'predict', 'ModelFolderError', 'save_tagger', 'load_tagger']
+__all__ = ['DROPOUT_KERNELS', 'MODES', 'ADAPTER_NAME', 'FORMAT_VERSION', 'random_bytes', 'bernoulli_positions', 'drop_mask',
+           'byte_dropout', 'byte_attention', 'ByteDropoutMode', 'TaggerConfig', 'weights_fingerprint', 'Tagger',
+           'tagging_loss', 'predict_words', 'predict_ids', 'predict', 'ModelFolderError', 'save_tagger', 'load_tagger']
+
+# %% ../nbs/01b_tagger.ipynb #a8a4ae5b
+DROPOUT_KERNELS = ('bytes', 'torch')
+"How a tagger draws dropout masks while training on the CPU: `byte_dropout` (exact, faster) or torch's own `F.dropout`."
+
+# %% ../nbs/01b_tagger.ipynb #b3c1899c
+def random_bytes(n: int,  # how many bytes
+                 device='cpu'  # where
+                ) -> torch.Tensor:  # [n] uint8, uniform and independent
+    "`n` uniform random bytes from torch's default generator: 8 from each full 64-bit draw."
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
+    return words.random_(-2 ** 63, None).view(torch.uint8)[:n]  # from the lowest int64 with no upper end: all 64 bits
+
+# %% ../nbs/01b_tagger.ipynb #41acf61d
+def bernoulli_positions(n: int,  # the positions are 0 … n−1
+                        q: float,  # each position's probability of being chosen
+                        device='cpu'  # where the result goes
+                       ) -> torch.Tensor:  # the chosen positions, increasing, int64
+    "Positions 0 … n−1 each chosen independently with probability `q`: a Bernoulli process, drawn as geometric gaps (cheap for small q)."
+    if q <= 0 or n == 0: return torch.zeros(0, dtype=torch.long, device=device)
+    expected = n * q
+    chunk = int(expected + 6 * math.sqrt(expected) + 16)  # enough gaps to pass n but about once in a billion
+    ends = torch.empty(chunk, dtype=torch.float64).geometric_(q).cumsum(0)  # 1-based positions; exact integers
+    while ends[-1] < n:
+        ends = torch.cat([ends, ends[-1] + torch.empty(chunk, dtype=torch.float64).geometric_(q).cumsum(0)])
+    inside = int(torch.searchsorted(ends, float(n), right=True))
+    return (ends[:inside].long() - 1).to(device)
+
+# %% ../nbs/01b_tagger.ipynb #4c7f5db2
+def drop_mask(shape,  # the shape of the tensor to drop elements of
+              p: float,  # each element's probability of being dropped, in [0, 1)
+              device='cpu'  # where
+             ) -> torch.Tensor:  # bool, True where dropped
+    "A boolean mask of `shape`, each element True (dropped) independently with probability exactly `p`."
+    n = math.prod(shape)
+    cut = 256 * p
+    k = math.floor(cut)
+    b = random_bytes(n, device)
+    drop = torch.lt(b, k, out=b.view(torch.bool))  # in place: probability k/256
+    q = (cut - k) / (256 - k)  # the rest of p, given to the elements kept so far
+    if q > 0: drop.index_put_((bernoulli_positions(n, q, device),), torch.tensor(True, device=device))
+    return drop.view(shape)
+
+# %% ../nbs/01b_tagger.ipynb #028dd18b
+class _DropScale(torch.autograd.Function):
+    "`x·scale` with the masked elements 0; the backward pass does the same to the gradient, from the saved boolean mask."
+    @staticmethod
+    def forward(ctx, x, drop, scale):
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.mul(scale).masked_fill_(drop, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        drop, = ctx.saved_tensors
+        return grad.mul(ctx.scale).masked_fill_(drop, 0), None, None
+
+
+def byte_dropout(x: torch.Tensor,  # any shape and floating dtype
+                 p: float = 0.5,  # probability of dropping an element
+                 training: bool = True  # False: `x` unchanged, as `F.dropout`
+                ) -> torch.Tensor:
+    "`F.dropout(x, p, training)` with masks from `drop_mask` on the CPU; torch's own elsewhere, and for p = 0 or 1."
+    if not 0 <= p <= 1: raise ValueError(f'dropout probability has to be between 0 and 1, but got {p}')
+    if not training or p in (0, 1) or x.device.type != 'cpu' or not x.is_floating_point() or x.numel() == 0:
+        return F.dropout(x, p, training)
+    return _DropScale.apply(x, drop_mask(x.shape, p), 1 / (1 - p))
+
+# %% ../nbs/01b_tagger.ipynb #f8e17563
+def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    "The arguments of an `F.scaled_dot_product_attention` call, in order, defaults filled in."
+    return query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+
+
+def _byte_attention_fits(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> bool:
+    "Whether `byte_attention` computes this call itself: dropout on the CPU, same heads, no causal mask, a float mask without -inf."
+    if not 0 < dropout_p < 1 or is_causal or enable_gqa or q.device.type != 'cpu' or not q.is_floating_point(): return False
+    if q.dim() < 2 or not q.shape[:-2] == k.shape[:-2] == v.shape[:-2] or (scale is not None and scale <= 0): return False
+    if attn_mask is None: return True
+    return attn_mask.is_floating_point() and not bool(torch.isneginf(attn_mask).any())  # fully masked rows: torch's business
+
+
+def _attention_math(query, key, value, attn_mask, dropout_p, scale):
+    "SDPA's math path, with the attention probabilities dropped by `drop_mask`."
+    root = math.sqrt(scale if scale is not None else 1 / math.sqrt(query.shape[-1]))  # split over q and k, as torch does
+    scores = (query * root) @ (key * root).transpose(-2, -1)
+    if attn_mask is not None: scores = scores.add_(attn_mask)
+    probs = scores.softmax(-1)
+    kept = torch.where(drop_mask(probs.shape, dropout_p), 0.0, probs)  # the backward pass keeps only the boolean mask
+    return kept @ (value * (1 / (1 - dropout_p)))  # the 1/(1-p) scale on the small [.., L, d] values
+
+
+def byte_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None,
+                   enable_gqa: bool = False):
+    "`F.scaled_dot_product_attention` whose attention dropout uses `drop_mask` (its math path; other calls go to torch)."
+    call = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    if not _byte_attention_fits(*call): return F.scaled_dot_product_attention(*call[:6], scale=scale, enable_gqa=enable_gqa)
+    return _attention_math(query, key, value, attn_mask, dropout_p, scale)
+
+# %% ../nbs/01b_tagger.ipynb #d00843cb
+class ByteDropoutMode(TorchFunctionMode):
+    "Within it, `F.dropout` and `F.scaled_dot_product_attention` draw their dropout masks with `byte_dropout`'s kernel."
+    def __init__(self):
+        super().__init__()
+        self.drawn = 0  # masks drawn by the byte kernel (calls with 0 < p < 1, training, on the CPU)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout: return self._dropout(func, *args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            call = _sdpa_arguments(*args, **kwargs)
+            if _byte_attention_fits(*call):
+                self.drawn += 1
+                return _attention_math(*call[:5], call[6])
+        return func(*args, **kwargs)
+
+    def _dropout(self, func, input, p=0.5, training=True, inplace=False):
+        if inplace or not (training and 0 < p < 1 and input.device.type == 'cpu' and input.is_floating_point()):
+            return func(input, p, training, inplace)  # torch's: nothing to draw, another device, or in place
+        self.drawn += 1
+        return byte_dropout(input, p, training)
 
 # %% ../nbs/01b_tagger.ipynb #09e951ea
 MODES = ('adapter', 'full')
@@ -45,9 +170,12 @@ class TaggerConfig:
     max_length: int | None = None  # None: the backbone's window
     stride: int | None = None  # overlap of consecutive windows in sub-tokens; None: a quarter of the window
     seed: int = 0  # seed of the adapter and head initialisation
+    dropout_kernel: str = 'bytes'  # how training draws dropout masks on the CPU: one of `DROPOUT_KERNELS`
 
     def __post_init__(self):
         if self.mode not in MODES: raise ValueError(f'mode must be one of {", ".join(MODES)}, not {self.mode!r}')
+        if self.dropout_kernel not in DROPOUT_KERNELS:
+            raise ValueError(f'dropout_kernel must be one of {", ".join(DROPOUT_KERNELS)}, not {self.dropout_kernel!r}')
         if len(set(self.labels)) != len(self.labels) or 'O' not in self.labels:
             raise ValueError(f'labels must be distinct and include O: {self.labels}')
 
@@ -100,7 +228,7 @@ class Tagger(nn.Module):
               backbone=None,  # a folder, a cached Hub id, or None for the bundled MiniLM
               labels=('O',),  # BIO labels, O included
               mode: str = 'adapter',  # one of `MODES`
-              **options  # further `TaggerConfig` fields (reduction_factor, dropout, max_length, stride, seed)
+              **options  # further `TaggerConfig` fields (reduction_factor, dropout, max_length, stride, seed, dropout_kernel)
              ) -> 'Tagger':
         "A new tagger on `backbone` (folder, cached Hub id, or None for the bundled MiniLM)."
         config = TaggerConfig(backbone_reference(backbone), list(labels), mode, **options)
@@ -142,8 +270,14 @@ class Tagger(nn.Module):
                 attention_mask: torch.Tensor  # [B, L] 1 for real tokens, 0 for padding
                ) -> tuple[torch.Tensor, torch.Tensor]:  # `(logits [B, L, labels], last hidden layer [B, L, H])`
         "`(logits [B, L, labels], last hidden layer [B, L, H])`."
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.dropout(hidden)), hidden
+        with self._dropout_mode():
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.head(self.dropout(hidden)), hidden
+
+    def _dropout_mode(self):
+        "`ByteDropoutMode` while training with the byte kernel on the CPU; else nothing."
+        if self.training and self.config.dropout_kernel == 'bytes' and self.device.type == 'cpu': return ByteDropoutMode()
+        return contextlib.nullcontext()
 
     def encode(self,
                units,  # `TaggedUnit`s
@@ -289,9 +423,14 @@ def _read_meta(folder: Path) -> dict:
     if not isinstance(meta, dict) or meta.get('format') != FORMAT_VERSION:
         found = meta.get('format') if isinstance(meta, dict) else None
         raise ModelFolderError(folder, f'config.json is not a saved tagger of format {FORMAT_VERSION} (format {found!r})')
-    try: TaggerConfig(**meta['config'])
+    try: _saved_config(meta)
     except (KeyError, TypeError, ValueError) as e: raise ModelFolderError(folder, f'config.json: bad tagger configuration ({e})') from None
     return meta
+
+
+def _saved_config(meta: dict) -> TaggerConfig:
+    "The `TaggerConfig` of a saved tagger; one saved before `dropout_kernel` existed was trained with torch's dropout."
+    return TaggerConfig(**{'dropout_kernel': 'torch', **meta['config']})
 
 
 def _weights(folder: Path, path: Path, why: str) -> dict[str, torch.Tensor]:
@@ -317,7 +456,7 @@ def load_tagger(folder,  # a folder written by `save_tagger` (e.g. a run's `mode
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     folder = Path(folder)
     meta = _read_meta(folder)
-    config = TaggerConfig(**meta['config'])
+    config = _saved_config(meta)
     state = _weights(folder, folder / 'tagger.safetensors', 'the head and adapters')
     if meta['includes_backbone']:
         _check_backbone_folder(folder / 'backbone')  # its message names the folder

@@ -130,3 +130,19 @@ def test_format_benchmark_on_a_fake_result():
     ratio_row = next(l for l in lines if l.startswith('train_tokens_per_s') and l.rstrip().endswith('1.67'))
     assert '300' in ratio_row
     assert format_benchmark({'matmul_gflops': 1.0})  # a partial result still prints
+
+
+def test_real_training_timing_counts_steps_and_tokens_of_train_stage(tmp_path):
+    from types import SimpleNamespace
+    from metricner.bench import time_real_training
+    config = SimpleNamespace(backbone=str(build_tiny_backbone(tmp_path / 'tiny')), mode='adapter', max_length=None, seed=1,
+                             source_train=dict(batch_size=4, micro_batch_size=2))
+    corpus = SimpleNamespace(labels=['O', 'B-X', 'I-X'])
+    units = [TaggedUnit(str(k), ['the', 'protein', 'kinase'] * (k + 1), [], ['O', 'B-X', 'I-X'] * (k + 1), []) for k in range(12)]
+    lengths = [len(w) for w in Tagger.build(config.backbone, corpus.labels).encode(units)[0]]
+    first = time_real_training('bytes', config, corpus, units, steps=1)
+    assert (first['steps'], first['windows']) == (1, 4) and 0 < first['real_tokens'] <= 4 * max(lengths)
+    assert first['operators']['top_ops'] and 'aten::bernoulli_' not in first['operators']['top_ops']
+    epoch = time_real_training('torch', config, corpus, units)
+    assert (epoch['steps'], epoch['windows'], epoch['real_tokens']) == (3, 12, sum(lengths)) and epoch['seconds'] > 0
+    with pytest.raises(ValueError, match='only 3 steps'): time_real_training('bytes', config, corpus, units, steps=2)
