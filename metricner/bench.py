@@ -741,7 +741,7 @@ def time_real_training(kernel: str,  # `TaggerConfig.dropout_kernel`
     tagger = Tagger.build(config.backbone, labels=corpus.labels, mode=config.mode, max_length=config.max_length,
                           seed=config.seed, dropout_kernel=kernel)
     if steps is None:
-        with StepWatch(tagger) as watch: _, history = train_stage(tagger, units, [], train)
+        with StepWatch(tagger) as watch: _, history, _ = train_stage(tagger, units, [], train)
         timed, seconds = slice(0, None), history[0]['seconds']  # train_stage's own epoch time (no dev set: no evaluation)
         with StepWatch(tagger, stop_after=2, profile_step=1) as profiled: train_stage(tagger, units, [], train)
     else:

@@ -34,7 +34,7 @@ from .corpora import READINGS, corpus_names
 from .units import tag_documents
 from .sampling import FewShotSample, sample_paper, sample_random
 from .backbone import build_tiny_backbone
-from .tagger import MODES, Tagger, load_tagger, save_tagger
+from .tagger import DROPOUT_KERNELS, MODES, Tagger, load_tagger, save_tagger
 from .events import PARADIGMS, SentenceEncoder, build_aux_similarity
 from .events import OLDER_RECORDS, PAPER_RECORDS
 from .losses import PAPER_SOURCE_MS, PAPER_TARGET_MS, MultiSimilarityLoss
@@ -112,6 +112,7 @@ class ExperimentConfig:
     target_types: list[str] | None = config_field(None, 'target')  # label types of a target given by spec
     source_exclude_types: list[str] | None = config_field(None, 'source')  # types removed from the labels of a source given by spec
     mode: str | None = config_field(None, 'both', choices=MODES)  # adapters or full fine-tuning; None: the profile's
+    dropout_kernel: str = config_field('bytes', 'both', choices=DROPOUT_KERNELS)  # how training draws dropout masks on the CPU (the same distribution; 'bytes' is faster)
     unit: str = config_field('document', 'both', choices=('document', 'sentence'))  # what one training example is
     max_length: int | None = config_field(None, 'both')  # sub-tokens per window; None: the profile's
     lambda_src: float = config_field(1.2, 'grouping')  # weight of the MS term of entity grouping
@@ -615,7 +616,8 @@ def source_stage(config: ExperimentConfig, cache: StageCache, log=print) -> tupl
         started = time.perf_counter()
         metric = _grouping(config, source, device) if grouping else None
         torch.manual_seed(seed)
-        tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=seed).to(device)
+        tagger = Tagger.build(backbone, labels=source.labels, mode=config.mode, max_length=config.max_length, seed=seed,
+                              dropout_kernel=config.dropout_kernel).to(device)
         loss = MultiSimilarityLoss(**config.ms_source) if grouping else None
         tagger, history, stopped = train_stage(tagger, train, dev, train_config, entities=metric, loss=loss,
                                                description=f'stage 1: {config.source}', checkpoint=cache.progress(key, tagger))
@@ -716,7 +718,8 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     else:
         backbone = backbone_path(config, list(units.values()))
         torch.manual_seed(config.seed)
-        tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed).to(device)
+        tagger = Tagger.build(backbone, labels=target.labels, mode=config.mode, max_length=config.max_length, seed=config.seed,
+                              dropout_kernel=config.dropout_kernel).to(device)
     stage2_train = {**config.target_train, **(config.oracle_train if config.setting == 'oracle' else {})}
     stage2_config = TrainConfig(**{**stage2_train, 'seed': config.seed,
                                    'ms_weight': ms_weight(config, 'target') if metric is not None else 0.0})
