@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -329,13 +330,18 @@ def _counts(micro_batches, tagger, entities, world) -> torch.Tensor:
     return rank_table(local, world)
 
 
+def _gathered_keys(keys: list, world: World) -> list:
+    "Every rank's entity keys, in rank order (a rank without entities sends None or [])."
+    return [k for rank_keys in gather_objects(keys, world) for k in (rank_keys or [])] if world.size > 1 else keys
+
+
 def _pass_entities(hidden, batch, tagger, units, entities, sizes, world):
     "Features, labels and aux of a pass's entities on every rank, in rank order (features differentiable into this rank's)."
     if batch is None: feats, labels, keys = hidden.new_zeros(0, hidden.shape[-1]), torch.zeros(0, dtype=torch.long, device=hidden.device), []
     else: feats, labels, keys = entities.entities(hidden, batch, tagger, units)
     if world.size > 1:
         feats, labels = gather_rows(feats, sizes, world), gather_rows(labels, sizes, world)
-        keys = [k for rank_keys in gather_objects(keys, world) for k in (rank_keys or [])]
+        keys = _gathered_keys(keys, world)
     return feats, labels, entities.aux_of(keys, feats)
 
 # %% ../nbs/04_trainers.ipynb #ef2848a4
@@ -371,8 +377,7 @@ def _step_entities(tagger, micro_batches, units, entities, loss, table, world) -
     local = torch.cat(feats) if feats else torch.zeros(0, tagger.hidden_size, device=tagger.device)
     every = gather_rows(local, sizes, world).detach().requires_grad_()
     every_label = gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=tagger.device), sizes, world)
-    if world.size > 1: keys = [k for rank_keys in gather_objects(keys, world) for k in rank_keys]
-    ms = loss(every, every_label, entities.aux_of(keys, every))
+    ms = loss(every, every_label, entities.aux_of(_gathered_keys(keys, world), every))
     grad, = torch.autograd.grad(ms, every)
     start = sum(sizes[:world.rank])
     mine = grad[start:start + sizes[world.rank]]
@@ -416,7 +421,8 @@ def _step(tagger, micro_batches, units, config, optimizer, entities=None, loss=N
 
 # %% ../nbs/04_trainers.ipynb #13f58d48
 STOP_REASONS = ('patience', 'max_epochs', 'max_steps', 'max_seconds')
-"Why a stage stopped: `patience` (dev F1 stopped rising: the stage converged) or one of its caps."
+"""Why a stage stopped: `patience` (dev F1 stopped rising: the stage converged) or one of its caps. Patience counts only
+once dev F1 has been above 0: a stage that has not yet found an entity has not started to converge."""
 
 
 def stop_reason(config: TrainConfig,  # the stage's settings
@@ -424,10 +430,11 @@ def stop_reason(config: TrainConfig,  # the stage's settings
                 best_epoch: int,  # the epoch whose weights are kept
                 steps: int,  # optimizer steps so far
                 seconds: float,  # training time so far
-                world: World = World()  # the ranks (a time budget is decided the same on every rank)
+                world: World = World(),  # the ranks (a time budget is decided the same on every rank)
+                scored: bool = True  # whether dev F1 has been above 0 (or there is no dev set to score)
                ) -> str | None:  # one of `STOP_REASONS`, or None to go on
     "Whether a stage stops after `epoch`, and why; patience wins when it coincides with a cap."
-    if epoch >= config.min_epochs and epoch - best_epoch >= config.patience: return 'patience'
+    if scored and epoch >= config.min_epochs and epoch - best_epoch >= config.patience: return 'patience'
     if epoch >= config.max_epochs: return 'max_epochs'
     if config.max_steps is not None and steps >= config.max_steps: return 'max_steps'
     if config.max_seconds is not None and any_rank(seconds > config.max_seconds, world): return 'max_seconds'
@@ -440,19 +447,22 @@ class StageCheckpoint:
                 ): self.folder = Path(folder)
 
     def save(self, tagger: Tagger, optimizer: torch.optim.Optimizer, best: dict, progress: dict,
-             rng: list[torch.Tensor]) -> None:
-        "Write the trainable weights, the best ones, the optimizer, every rank's random state and `progress`, atomically."
+             rng: list[tuple]) -> None:
+        "Write the trainable weights, the best ones, the optimizer, every rank's `_rng_state` and `progress`, atomically."
         from safetensors.torch import save_file
         opt = optimizer.state_dict()
         tensors = {**{f'current.{k}': v for k, v in _trainable_state(tagger).items()},
                    **{f'best.{k}': v for k, v in best.items()},
                    **{f'optimizer.{i}.{name}': torch.as_tensor(v) for i, s in opt['state'].items() for name, v in s.items()},
-                   **{f'rng.{rank}': state for rank, state in enumerate(rng)}}
+                   **{f'rng.{rank}': cpu for rank, (cpu, _) in enumerate(rng)},
+                   **{f'cuda_rng.{rank}': gpu for rank, (_, gpu) in enumerate(rng) if gpu is not None}}
         partial = self.folder.with_name(f'.{self.folder.name}.partial-{os.getpid()}')
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial / 'state.safetensors'))
-        (partial / 'progress.json').write_text(json.dumps({**progress, 'param_groups': opt['param_groups']}, indent=1), encoding='utf-8')
+        digest = _sha256(partial / 'state.safetensors')
+        (partial / 'progress.json').write_text(json.dumps({**progress, 'param_groups': opt['param_groups'], 'state_sha256': digest},
+                                                          indent=1), encoding='utf-8')
         shutil.rmtree(self.folder, ignore_errors=True)
         partial.rename(self.folder)
 
@@ -461,25 +471,37 @@ class StageCheckpoint:
         if not (self.folder / 'progress.json').exists(): return None
         from safetensors.torch import load_file
         progress = json.loads((self.folder / 'progress.json').read_text(encoding='utf-8'))
-        tensors = load_file(str(self.folder / 'state.safetensors'))
+        state_file, expected = self.folder / 'state.safetensors', progress.pop('state_sha256', None)
+        if expected is None or _sha256(state_file) != expected:  # a torn copy or a hand edit: refuse, never resume from it
+            raise ValueError(f'{state_file}: its sha256 is not the one progress.json records ({expected}); remove the folder '
+                             f'to train the stage from the start')
+        tensors = load_file(str(state_file))
         part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        current, rng = part('current.'), part('rng.')
-        if set(current) != set(_trainable_state(tagger)) or len(rng) != world.size:
+        current, rng, names = part('current.'), part('rng.'), _trainable_names(tagger)
+        if set(current) != names or len(rng) != world.size:
             raise ValueError(f'{self.folder}: the checkpoint holds {len(current)} trainable tensors and {len(rng)} ranks\' '
-                             f'random states; this stage has {len(_trainable_state(tagger))} and {world.size} ranks')
+                             f'random states; this stage has {len(names)} and {world.size} ranks')
         tagger.load_state_dict(current, strict=False)
         state: dict = {}
         for key, value in part('optimizer.').items():
             index, name = key.split('.', 1)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({'state': state, 'param_groups': progress.pop('param_groups')})
-        torch.set_rng_state(rng[str(world.rank)])
+        _set_rng_state((rng[str(world.rank)], part('cuda_rng.').get(str(world.rank))), tagger.device)
         return part('best.'), progress
 
 # %% ../nbs/04_trainers.ipynb #956d8cff
+def _trainable_names(tagger: Tagger) -> set[str]:
+    return {n for n, p in tagger.named_parameters() if p.requires_grad}
+
+
 def _trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
-    names = {n for n, p in tagger.named_parameters() if p.requires_grad}
+    names = _trainable_names(tagger)
     return {k: v.detach().clone() for k, v in tagger.state_dict().items() if k in names}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_metric_term(config: TrainConfig, entities, loss):
@@ -514,7 +536,9 @@ def train_stage(tagger: Tagger,  # trained in place
     best_state, progress = resumed or (_trainable_state(tagger), {'history': [], 'best_f1': -1.0, 'best_epoch': 0, 'steps': 0, 'seconds': 0.0})
     history, best_f1, best_epoch, total_steps = progress['history'], progress['best_f1'], progress['best_epoch'], progress['steps']
     started = time.perf_counter() - progress['seconds']
-    first, reason = len(history) + 1, stop_reason(config, len(history), best_epoch, total_steps, progress['seconds'], world) if history else None
+    # patience counts from the first epoch whose dev F1 is above 0 (with no dev set, from the start)
+    scored = lambda: best_f1 > 0 or not dev  # noqa: E731
+    first, reason = len(history) + 1, stop_reason(config, len(history), best_epoch, total_steps, progress['seconds'], world, scored()) if history else None
     show = config.progress and world.main
     bar = tqdm(range(first, config.max_epochs + 1), desc=description, disable=not show or reason is not None, leave=False)
     for epoch in bar if reason is None else ():
@@ -538,10 +562,10 @@ def train_stage(tagger: Tagger,  # trained in place
         bar.set_postfix(loss=f'{history[-1]["ce"] + config.ms_weight * history[-1]["ms"]:.4f}', dev_f1=f'{dev_scores["f1"]:.4f}')
         total_steps += steps
         if saved:  # every rank's random state, written by rank 0: the next epoch can start from here
-            rng = gather_objects(torch.get_rng_state(), world) if world.size > 1 else [torch.get_rng_state()]
+            rng = gather_objects(_rng_state(tagger.device), world) if world.size > 1 else [_rng_state(tagger.device)]
             if world.main: saved.save(tagger, optimizer, best_state, {'history': history, 'best_f1': best_f1, 'best_epoch': best_epoch,
                                                                        'steps': total_steps, 'seconds': time.perf_counter() - started}, rng)
-        reason = stop_reason(config, epoch, best_epoch, total_steps, time.perf_counter() - started, world)
+        reason = stop_reason(config, epoch, best_epoch, total_steps, time.perf_counter() - started, world, scored())
         if reason: break
     bar.close()
     tagger.load_state_dict(best_state, strict=False)
