@@ -29,6 +29,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 import metricner
 from .paths import PROJECT_ROOT, default_cache_dir, default_results_dir
+from .download import file_sha256
 from .corpora import Corpus, POOLED_SOURCES, load_corpus, parse_corpus
 from .corpora import READINGS, corpus_names
 from .units import tag_documents
@@ -418,7 +419,7 @@ def file_digest(path: Path) -> str:
     path = Path(path)
     if path.suffix == '.py': return source_digest(path.read_text(encoding='utf-8'))
     if path.suffix == '.json': return _digest(json.loads(path.read_text(encoding='utf-8')))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 # %% ../nbs/05_experiments.ipynb #56646971
 def code_fingerprint(package: Path | None = None,  # a copy of the package folder; None: the one running
@@ -433,7 +434,7 @@ def corpus_fingerprint(spec: str, data_dir=None) -> str:
     for name in POOLED_SOURCES.get(spec, (spec,)):
         _, folder = parse_corpus(name, data_dir)
         for path in sorted(p for p in folder.rglob('*') if p.is_file()):
-            digests[f'{name}/{path.relative_to(folder)}'] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digests[f'{name}/{path.relative_to(folder)}'] = file_sha256(path)
     return _digest(digests)
 
 # %% ../nbs/05_experiments.ipynb #0f3aca99
@@ -476,9 +477,6 @@ def source_stage_key(config: ExperimentConfig,  # a resolved configuration
                     'corpus': corpus_fingerprint(config.source, config.data_dir), 'code': code_fingerprint()})
 
 # %% ../nbs/05_experiments.ipynb #79a7f4f1
-def _sha256(path: Path) -> str: return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class StageCache:
     """Finished training stages, content-addressed by key; safetensors and JSON only. Stages trained with adapters are
     also written to `store`, a folder committed with the records (a few hundred kB each), checked file by file on load."""
@@ -510,7 +508,7 @@ class StageCache:
         info = json.loads((folder / 'stage.json').read_text(encoding='utf-8'))
         for name, digest in info['files'].items():
             path = folder / name
-            if not path.exists() or _sha256(path) != digest:
+            if not path.exists() or file_sha256(path) != digest:
                 raise ValueError(f'{path}: missing, or its sha256 is not the {digest[:12]}… that {folder / "stage.json"} records; '
                                  f'the committed stage was changed (restore it with git, or remove the folder to retrain)')
         self.log(f'stage store: reusing {info.get("name", "stage")} {key[:12]} (trained {info.get("finished", "?")}, files verified)')
@@ -536,7 +534,7 @@ class StageCache:
         partial = folder.with_name(f'.{folder.name}.partial-{os.getpid()}')
         shutil.rmtree(partial, ignore_errors=True)
         save_tagger(tagger, partial / 'tagger', include_backbone=include_backbone)
-        files = {str(p.relative_to(partial)): _sha256(p) for p in sorted((partial / 'tagger').rglob('*')) if p.is_file()}
+        files = {str(p.relative_to(partial)): file_sha256(p) for p in sorted((partial / 'tagger').rglob('*')) if p.is_file()}
         (partial / 'stage.json').write_text(json.dumps({**info, 'files': files}, indent=1), encoding='utf-8')  # last: complete
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)

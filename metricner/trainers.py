@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from seqeval.scheme import IOB2
 from tqdm.auto import tqdm
 
 from .units import TaggedUnit
+from .download import file_sha256
 from .windows import (
     IGNORE, Batch, collate, entity_features, length_batches, span_features, unit_spans_to_batch)
 from .tagger import Tagger, tagging_loss
@@ -460,7 +460,7 @@ class StageCheckpoint:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial / 'state.safetensors'))
-        digest = _sha256(partial / 'state.safetensors')
+        digest = file_sha256(partial / 'state.safetensors')
         (partial / 'progress.json').write_text(json.dumps({**progress, 'param_groups': opt['param_groups'], 'state_sha256': digest},
                                                           indent=1), encoding='utf-8')
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -472,7 +472,7 @@ class StageCheckpoint:
         from safetensors.torch import load_file
         progress = json.loads((self.folder / 'progress.json').read_text(encoding='utf-8'))
         state_file, expected = self.folder / 'state.safetensors', progress.pop('state_sha256', None)
-        if expected is None or _sha256(state_file) != expected:  # a torn copy or a hand edit: refuse, never resume from it
+        if expected is None or file_sha256(state_file) != expected:  # a torn copy or a hand edit: refuse, never resume from it
             raise ValueError(f'{state_file}: its sha256 is not the one progress.json records ({expected}); remove the folder '
                              f'to train the stage from the start')
         tensors = load_file(str(state_file))
@@ -499,9 +499,6 @@ def _trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
     names = _trainable_names(tagger)
     return {k: v.detach().clone() for k, v in tagger.state_dict().items() if k in names}
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_metric_term(config: TrainConfig, entities, loss):
