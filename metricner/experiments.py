@@ -49,8 +49,8 @@ __all__ = ['SETTINGS', 'GROUPING_EVENTS', 'PROFILES', 'STAGES', 'PAPER_EVENT_REC
            'ExperimentConfig', 'check_known', 'run_device', 'check_config', 'ms_weight', 'resolve', 'Parameter',
            'run_arguments', 'config_from_parameters', 'result_files', 'source_digest', 'file_digest',
            'code_fingerprint', 'corpus_fingerprint', 'git_commit', 'source_stage_inputs', 'source_stage_key',
-           'StageCache', 'few_shot_sample', 'target_data', 'backbone_path', 'source_stage', 'write_analysis_files',
-           'default_out_dir', 'write_json_atomically', 'save_run_model', 'run_experiment']
+           'target_stage_key', 'StageCache', 'few_shot_sample', 'target_data', 'backbone_path', 'source_stage',
+           'write_analysis_files', 'default_out_dir', 'write_json_atomically', 'save_run_model', 'run_experiment']
 
 # %% ../nbs/05_experiments.ipynb #ff7ba247
 @dataclass(frozen=True)
@@ -476,6 +476,16 @@ def source_stage_key(config: ExperimentConfig,  # a resolved configuration
     return _digest({'stage': 'source', **source_stage_inputs(config), 'backbone_path': backbone,
                     'corpus': corpus_fingerprint(config.source, config.data_dir), 'code': code_fingerprint()})
 
+
+def target_stage_key(config: ExperimentConfig,  # a resolved configuration
+                     stage1_key: str | None,  # the key of the stage-1 model it starts from; None without one
+                    ) -> str:
+    """The key of a run's stage-2 checkpoint: the whole configuration but its output folder, the stage-1 model, the
+    target's files and the code, so that only the same run resumes from it."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != 'out_dir'}
+    return _digest({'stage': 'target', **fields, 'stage1': stage1_key, 'corpus': corpus_fingerprint(config.target, config.data_dir),
+                    'code': code_fingerprint()})
+
 # %% ../nbs/05_experiments.ipynb #79a7f4f1
 class StageCache:
     """Finished training stages, content-addressed by key; safetensors and JSON only. Stages trained with adapters are
@@ -722,8 +732,9 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
     stage2_config = TrainConfig(**{**stage2_train, 'seed': config.seed,
                                    'ms_weight': ms_weight(config, 'target') if metric is not None else 0.0})
     loss = MultiSimilarityLoss(**config.ms_target) if metric is not None else None
+    progress = cache.progress(target_stage_key(config, stage1 and stage1['key']), tagger)  # an interrupted stage 2 resumes
     tagger, history, stopped = train_stage(tagger, units['train'], units['dev'], stage2_config, entities=metric, loss=loss,
-                                  description=f'stage 2: {config.target}')
+                                           description=f'stage 2: {config.target}', checkpoint=progress)
     timings['stage2'] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -750,7 +761,9 @@ def run_experiment(config: ExperimentConfig, cache: StageCache | None = None, lo
         'converged': stopped['converged'] and (stage1 is None or bool((stage1.get('stopped') or {}).get('converged'))),
         'files': analysis,
     }
-    if world.main: write_json_atomically(out_dir / 'metrics.json', record)
+    if world.main:
+        write_json_atomically(out_dir / 'metrics.json', record)
+        shutil.rmtree(progress, ignore_errors=True)  # the record holds what the checkpoint was kept for
     log(f'{config.setting} {config.source if setting.source_stage else ""}→{config.target}: '
         f'P {record["precision"]:.4f} R {record["recall"]:.4f} F1 {record["f1"]:.4f} ({timings["total"]:.0f} s) → {out_dir / "metrics.json"}')
     return record

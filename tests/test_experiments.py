@@ -189,6 +189,36 @@ def test_adapter_stages_are_stored_verified_and_resumed(isolated, monkeypatch):
         run_experiment(config, StageCache(isolated / 'another-machine', store=store))
 
 
+@pytest.mark.slow
+def test_an_interrupted_stage_2_resumes_from_its_checkpoint(isolated, monkeypatch):
+    """A run stopped in its second stage-2 epoch resumes there: the record equals that of an uninterrupted run, says
+    that it resumed, and the checkpoint is gone once the record is written."""
+    from metricner import trainers
+    config = smoke(isolated, setting='target_only', mode='adapter', target_train={'max_epochs': 3, 'min_epochs': 3, 'patience': 3})
+    whole = run_experiment(dataclasses.replace(config, out_dir=str(isolated / 'whole')), StageCache(isolated / 'w', store=isolated / 'w-store'))
+    store, real_evaluate, calls = isolated / 'store', trainers.evaluate, []
+    def interrupt_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(trainers, 'evaluate', interrupt_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt): run_experiment(config, StageCache(isolated / 'a', store=store))
+    progress = list(store.glob('*.progress'))
+    assert len(progress) == 1 and [e['epoch'] for e in json.loads((progress[0] / 'progress.json').read_text())['history']] == [1]
+    monkeypatch.setattr(trainers, 'evaluate', real_evaluate)
+
+    resumed = run_experiment(config, StageCache(isolated / 'a', store=store))
+    assert resumed['stage2']['stopped']['resumed_after'] == 1 and whole['stage2']['stopped']['resumed_after'] is None
+    without_time = lambda history: [{k: v for k, v in e.items() if k != 'seconds'} for e in history]  # noqa: E731
+    assert without_time(resumed['stage2']['history']) == without_time(whole['stage2']['history'])
+    assert (resumed['f1'], resumed['precision'], resumed['recall']) == (whole['f1'], whole['precision'], whole['recall'])
+    assert not list(store.glob('*.progress'))
+    other_seed = dataclasses.replace(config, seed=13)
+    assert experiments.target_stage_key(resolve(other_seed), None) != experiments.target_stage_key(resolve(config), None)
+    assert experiments.target_stage_key(resolve(dataclasses.replace(config, out_dir='elsewhere')), None) == \
+        experiments.target_stage_key(resolve(config), None)
+
+
 def copy_package(tmp_path: Path) -> Path:
     "A copy of the package's modules and packaged data files."
     import shutil
