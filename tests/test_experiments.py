@@ -151,24 +151,29 @@ def test_interrupted_run_resumes_from_its_finished_stage(isolated, monkeypatch):
     assert record['stage1']['cache'] == 'reused' and (isolated / 'run' / 'metrics.json').exists()
 
 
+def interrupt_in_second_epoch(config: ExperimentConfig, cache: StageCache, monkeypatch) -> None:
+    "Run `config` until its second dev evaluation raises KeyboardInterrupt; check that one checkpoint, of epoch 1, is left in the store."
+    from metricner import trainers
+    real_evaluate, calls = trainers.evaluate, []
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(trainers, 'evaluate', interrupting)
+        with pytest.raises(KeyboardInterrupt): run_experiment(config, cache)
+    progress = list(cache.store.glob('*.progress'))
+    assert len(progress) == 1 and [e['epoch'] for e in json.loads((progress[0] / 'progress.json').read_text())['history']] == [1]
+
+
 @pytest.mark.slow
 def test_adapter_stages_are_stored_verified_and_resumed(isolated, monkeypatch):
     """An adapter stage 1 interrupted after its first epoch leaves its checkpoint in the store and resumes from it; once
     finished it is written to the store with file digests, reused from there by a machine with an empty cache, and a
     changed file is refused."""
-    from metricner import trainers
     config = smoke(isolated, setting='direct_transfer', mode='adapter', source_train={'max_epochs': 3, 'min_epochs': 3, 'patience': 3})
-    store, real_evaluate, calls = isolated / 'store', trainers.evaluate, []
-    def interrupt_the_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2: raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-    monkeypatch.setattr(trainers, 'evaluate', interrupt_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt): run_experiment(config, StageCache(isolated / 'a', store=store))
-    progress = list(store.glob('*.progress'))
-    assert len(progress) == 1 and json.loads((progress[0] / 'progress.json').read_text())['history'][0]['epoch'] == 1
-    monkeypatch.setattr(trainers, 'evaluate', real_evaluate)
-
+    store = isolated / 'store'
+    interrupt_in_second_epoch(config, StageCache(isolated / 'a', store=store), monkeypatch)
     record = run_experiment(config, StageCache(isolated / 'a', store=store))
     stage1 = record['stage1']
     assert stage1['stopped']['resumed_after'] == 1 and stage1['stopped']['epoch'] == 3 and stage1['cache'] == 'trained'
@@ -193,20 +198,10 @@ def test_adapter_stages_are_stored_verified_and_resumed(isolated, monkeypatch):
 def test_an_interrupted_stage_2_resumes_from_its_checkpoint(isolated, monkeypatch):
     """A run stopped in its second stage-2 epoch resumes there: the record equals that of an uninterrupted run, says
     that it resumed, and the checkpoint is gone once the record is written."""
-    from metricner import trainers
     config = smoke(isolated, setting='target_only', mode='adapter', target_train={'max_epochs': 3, 'min_epochs': 3, 'patience': 3})
     whole = run_experiment(dataclasses.replace(config, out_dir=str(isolated / 'whole')), StageCache(isolated / 'w', store=isolated / 'w-store'))
-    store, real_evaluate, calls = isolated / 'store', trainers.evaluate, []
-    def interrupt_the_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2: raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-    monkeypatch.setattr(trainers, 'evaluate', interrupt_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt): run_experiment(config, StageCache(isolated / 'a', store=store))
-    progress = list(store.glob('*.progress'))
-    assert len(progress) == 1 and [e['epoch'] for e in json.loads((progress[0] / 'progress.json').read_text())['history']] == [1]
-    monkeypatch.setattr(trainers, 'evaluate', real_evaluate)
-
+    store = isolated / 'store'
+    interrupt_in_second_epoch(config, StageCache(isolated / 'a', store=store), monkeypatch)
     resumed = run_experiment(config, StageCache(isolated / 'a', store=store))
     assert resumed['stage2']['stopped']['resumed_after'] == 1 and whole['stage2']['stopped']['resumed_after'] is None
     without_time = lambda history: [{k: v for k, v in e.items() if k != 'seconds'} for e in history]  # noqa: E731
