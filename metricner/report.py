@@ -17,20 +17,22 @@ import pandas as pd
 
 from .paths import default_results_dir, PROJECT_ROOT
 from .trainers import TrainConfig
-from .experiments import code_fingerprint, ExperimentConfig, SETTINGS
-from .grid import BASELINES, default_calibration_dir, default_runs_dir, METHOD, STUDY_PRIORITIES, study_grid, TRANSFER
+from .experiments import (
+    code_fingerprint, config_from_parameters, ExperimentConfig, SETTINGS, source_stage_key, target_stage_key)
+from .grid import (
+    BASELINES, default_calibration_dir, default_runs_dir, METHOD, stage1_group, STUDY_PRIORITIES, study_grid, TRANSFER)
 
 # %% auto #0
-__all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'PREMISE',
-           'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path', 'published_runs',
-           'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table', 'ablation_table',
-           'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table', 'bootstrap_markdown',
-           'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift', 'plot_false_positives',
-           'plot_lambda_curve', 'plot_feature_projection', 'source_stages', 'source_stage_summary',
-           'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop', 'run_convergence',
-           'stopping_table', 'study_progress', 'premise_table', 'load_calibration', 'calibration_table',
-           'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation',
-           'grid_differences']
+__all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'STALE',
+           'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path',
+           'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table',
+           'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
+           'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
+           'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
+           'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
+           'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'checkpoint_owners',
+           'checkpoint_summary', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
+           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -454,17 +456,20 @@ def source_stage_summary(stages: pd.DataFrame  # as `source_stages` returns
     return pd.DataFrame(rows).round(2)
 
 # %% ../nbs/06a_report.ipynb #dbbbb638
-def plot_source_stages(stages: pd.DataFrame  # as `source_stages` returns
+def plot_source_stages(stages: pd.DataFrame,  # as `source_stages` returns (or any frame with epoch, f1 and the `hue` column)
+                       title: str = 'Stage 1 on the pooled source',
+                       hue: str = 'objective',  # the column that tells the lines apart by colour
+                       style: str | None = 'seed',  # the column that tells them apart by dashes and markers; None: none
                       ):  # a matplotlib figure, or None without two-stage runs
-    "Source-dev F1 by epoch of each stage-1 model, one line per objective and seed."
+    "Dev F1 by epoch of each stage-1 model, one line per objective and seed (or per `hue` and `style`)."
     if not len(stages): return None
     plt, sns = _sns()
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    sns.lineplot(data=stages.assign(seed=stages.seed.astype(str)), x='epoch', y='f1', hue='objective', style='seed',
-                 marker='o', ax=ax)
+    data = stages.assign(**{style: stages[style].astype(str)}) if style else stages
+    sns.lineplot(data=data, x='epoch', y='f1', hue=hue, style=style, marker='o', ax=ax)
     if stages.epoch.nunique() <= 15: ax.set_xticks(sorted(stages.epoch.unique()))  # a few epochs: each its tick
     else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a converged stage 1: a hundred epochs or more
-    ax.set(xlabel='epoch', ylabel='source dev micro-F1 (%)', title='Stage 1 on the pooled source')
+    ax.set(xlabel='epoch', ylabel='dev micro-F1 (%)', title=title)
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize='small')  # beside the axes: the curves fill them
     fig.tight_layout()
     return fig
@@ -617,6 +622,11 @@ def _plan_key(source, target, setting, events, seed) -> tuple:
     return (source if SETTINGS[setting].source_stage else None, target, setting, events if SETTINGS[setting].grouping else None, int(seed))
 
 
+def _planned_label(run: dict  # one run of the plan, in `grid`'s form (no λ_tgt: the default)
+                  ) -> str:
+    return run_label(SimpleNamespace(**run, lambda_tgt=ExperimentConfig.lambda_tgt))
+
+
 def study_progress(records: pd.DataFrame,  # as `load_records` returns
                    profile: str = STUDY_PROFILE  # the study's profile
                   ) -> pd.DataFrame:  # one row per run of the plan: priority, source, target, run, status, stopped
@@ -631,10 +641,83 @@ def study_progress(records: pd.DataFrame,  # as `load_records` returns
         for run in study_grid(priority, profile):
             hit = found.get(_plan_key(run['source'], run['target'], run['setting'], run['events'], run['seed']))
             rows.append({'priority': priority, 'source': run['source'] if SETTINGS[run['setting']].source_stage else '–',
-                         'target': run['target'], 'run': run_label(SimpleNamespace(**run, lambda_tgt=ExperimentConfig.lambda_tgt)),
+                         'target': run['target'], 'run': _planned_label(run),
                          'status': 'missing' if hit is None else 'done' if hit.current else 'older code',
                          'stopped': '' if hit is None else run_convergence(read_record(hit.folder))})
     return pd.DataFrame(rows, columns=['priority', 'source', 'target', 'run', 'status', 'stopped'])
+
+# %% ../nbs/06a_report.ipynb #74f5ca03
+def stage_checkpoints(store: Path | None = None  # the committed stages; default `results/stages` in `default_results_dir()`
+                     ) -> pd.DataFrame:  # one row per epoch of each checkpoint: key, epoch, losses, dev scores (%), hours
+    "The epochs trained so far by every stage still in training: the `KEY.progress` checkpoints in `store`."
+    store = Path(store or default_results_dir() / 'stages')
+    rows = []
+    for folder in sorted(store.glob('*.progress')):
+        history = json.loads((folder / 'progress.json').read_text(encoding='utf-8'))['history']
+        rows += [{'key': folder.name.removesuffix('.progress'), 'epoch': epoch['epoch'], 'ce': epoch['ce'], 'ms': epoch['ms'],
+                  **{m: 100 * epoch[f'dev_{m}'] for m in ('precision', 'recall', 'f1')}, 'hours': epoch['seconds'] / 3600}
+                 for epoch in history]
+    return pd.DataFrame(rows, columns=['key', 'epoch', 'ce', 'ms', 'precision', 'recall', 'f1', 'hours'])
+
+# %% ../nbs/06a_report.ipynb #4ba08263
+def _served(runs: list[dict]) -> str:
+    "'3 runs: Direct Transfer (seeds 13, 42), ED (seed 42) on bc5cdr, chemdner': how many planned runs, their settings with seeds, their targets."
+    unique = lambda values: list(dict.fromkeys(values))  # noqa: E731 — in plan order
+    name = lambda run: _planned_label(run).rsplit(' seed ', 1)[0]  # noqa: E731
+    seeds = {label: sorted({r['seed'] for r in runs if name(r) == label}) for label in unique(map(name, runs))}
+    settings = ', '.join(f"{label} (seed{'s' * (len(s) > 1)} {', '.join(map(str, s))})" for label, s in seeds.items())
+    return f"{len(runs)} run{'s' * (len(runs) > 1)}: {settings} on {', '.join(unique(r['target'] for r in runs))}"
+
+
+def checkpoint_owners(keys,  # checkpoint keys (folder names without `.progress`)
+                      runs: list[dict] | None = None  # planned runs, in `grid`'s form; default the study's plan
+                     ) -> dict:  # key → {'stage', 'model', 'serves'}; a key of no planned run is left out
+    "Which planned runs each checkpoint serves, found by recomputing the plan's stage-1 keys, then its stage-2 keys while a key is unexplained."
+    runs = study_grid() if runs is None else runs
+    left, owners, stage1, groups = set(keys), {}, {}, {}
+    for run in runs:
+        if (group := stage1_group(run)) is not None: groups.setdefault(group, []).append(run)
+    def stage1_key(group):  # the backbone as configured: the study's are paths or Hub ids, never the data-built `tiny`
+        if group not in stage1:
+            config = config_from_parameters(groups[group][0])
+            stage1[group] = source_stage_key(config, config.backbone)
+        return stage1[group]
+    for group, members in groups.items():
+        if not left: break
+        if (key := stage1_key(group)) in left:
+            first = members[0]
+            owners[key] = {'stage': 'stage 1', 'model': f"source {first['source']}, {_stage_objective(first)}", 'serves': _served(members)}
+            left.discard(key)
+    for run in runs:
+        if not left: break
+        group = stage1_group(run)
+        key = target_stage_key(config_from_parameters(run), stage1_key(group) if group else None)
+        if key in left:
+            source = f" from {run['source']}" if group else ''
+            owners[key] = {'stage': 'stage 2', 'model': f"{run['target']}{source}, {_planned_label(run)}",
+                           'serves': _served([run])}
+            left.discard(key)
+    return owners
+
+# %% ../nbs/06a_report.ipynb #e208c544
+STALE = 'no planned run of the current code (older code or another configuration): stale'
+
+
+def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` returns
+                       owners: dict  # as `checkpoint_owners` returns
+                      ) -> pd.DataFrame:  # one row per checkpoint
+    "Per checkpoint: which stage of which runs, epochs trained, the best epoch and its dev F1, the last epoch's dev F1, the gain of the last 5 epochs, hours."
+    rows = []
+    for key, history in checkpoints.groupby('key', sort=False):
+        history = history.sort_values('epoch')
+        best = history.loc[history.f1.idxmax()]
+        owner = owners.get(key, {'stage': '?', 'model': STALE, 'serves': ''})
+        rows.append({'checkpoint': f'{key[:12]}…', **owner, 'epochs': int(history.epoch.iloc[-1]), 'best epoch': int(best.epoch),
+                     'best dev F1': best.f1, 'last dev F1': history.f1.iloc[-1],
+                     'ΔF1, last 5 epochs': history.f1.iloc[-1] - history.f1.iloc[-6] if len(history) > 5 else math.nan,
+                     'hours': history.hours.sum()})
+    return pd.DataFrame(rows, columns=['checkpoint', 'stage', 'model', 'serves', 'epochs', 'best epoch', 'best dev F1', 'last dev F1',
+                                       'ΔF1, last 5 epochs', 'hours']).round(2)
 
 # %% ../nbs/06a_report.ipynb #b4e16771
 PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns

@@ -17,6 +17,7 @@ from metricner.backbone import build_tiny_backbone
 from metricner.trainers import STOP_REASONS
 from metricner.experiments import (PARAMETERS, SETTINGS, STAGES, ExperimentConfig, StageCache, config_from_parameters, resolve,
                                    run_experiment, source_stage_inputs, source_stage_key)
+from metricner.report import checkpoint_owners, stage_checkpoints
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +203,10 @@ def test_an_interrupted_stage_2_resumes_from_its_checkpoint(isolated, monkeypatc
     whole = run_experiment(dataclasses.replace(config, out_dir=str(isolated / 'whole')), StageCache(isolated / 'w', store=isolated / 'w-store'))
     store = isolated / 'store'
     interrupt_in_second_epoch(config, StageCache(isolated / 'a', store=store), monkeypatch)
+    planned = dict(target='bc5cdr', source='pc', setting='target_only', profile='smoke', seed=42,  # the same run, as a plan gives it
+                   overrides={'mode': 'adapter', **{f'target_train.{k}': 3 for k in ('max_epochs', 'min_epochs', 'patience')}})
+    owners = checkpoint_owners(set(stage_checkpoints(store).key), [planned])  # the study page's labels
+    assert list(owners.values()) == [{'stage': 'stage 2', 'model': 'bc5cdr, Target Only seed 42', 'serves': '1 run: Target Only (seed 42) on bc5cdr'}]
     resumed = run_experiment(config, StageCache(isolated / 'a', store=store))
     assert resumed['stage2']['stopped']['resumed_after'] == 1 and whole['stage2']['stopped']['resumed_after'] is None
     without_time = lambda history: [{k: v for k, v in e.items() if k != 'seconds'} for e in history]  # noqa: E731

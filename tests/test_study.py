@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from metricner.experiments import code_fingerprint, SETTINGS
+from metricner.experiments import code_fingerprint, config_from_parameters, SETTINGS, source_stage_key
 from metricner.grid import study_grid
 from metricner.paths import PROJECT_ROOT
 from metricner.report import (
@@ -216,12 +216,17 @@ def test_grid_differences_from_the_records(partial_study):
 
 
 @pytest.mark.slow
-def test_the_study_page_on_a_partial_study(partial_study, tmp_path):
+def test_the_study_page_on_a_partial_study(partial_study, tmp_path, data_dir):
     "The page, executed as the site executes it, on the partial study: tables where there are records, plain words where not."
     from metricner.site import execute_page, page_copy
     page = page_copy(PROJECT_ROOT / 'nbs' / 'study.ipynb', tmp_path / 'page' / 'study.ipynb', hide_input=True)
+    plan = config_from_parameters(next(run for run in study_grid() if run['setting'] == 'direct_transfer'))
+    in_training = tmp_path / 'stages' / f'{source_stage_key(plan, plan.backbone)}.progress'  # the pooled CE stage 1, 2 epochs in
+    in_training.mkdir(parents=True)
+    history = [dict(epoch=e, ce=1.0, ms=0.0, dev_precision=f, dev_recall=f, dev_f1=f, seconds=600.0) for e, f in ((1, 0.0), (2, 0.2))]
+    (in_training / 'progress.json').write_text(json.dumps({'history': history}))
     execute_page(page, {**os.environ, 'METRICNER_RESULTS': str(partial_study), 'METRICNER_CALIBRATION': str(tmp_path / 'calibration'),
-                        'OMP_NUM_THREADS': '1'})
+                        'METRICNER_STAGES': str(tmp_path / 'stages'), 'OMP_NUM_THREADS': '1'})
     outputs = [o for cell in json.loads(page.read_text())['cells'] for o in cell.get('outputs', [])]
     assert not [o for o in outputs if o['output_type'] == 'error']
     text = '\n'.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in outputs)
@@ -231,7 +236,8 @@ def test_the_study_page_on_a_partial_study(partial_study, tmp_path):
     assert 'reference, capped at 200 epochs' in text and 'By claim, over the targets' in text
     assert 'converged profile' in text and 'events: EG − EG without events' in text  # its BC5CDR baselines are the profile's regime
     assert '| mode ' in text  # the grid differences: the cpu grid's records against the study's
-    assert sum('image/png' in o.get('data', {}) for o in outputs) >= 4  # scores, shift, false positives, ED term (, stage 1)
+    assert '| stage 1 | source all, CE only | 9 runs: Direct Transfer (seeds 13, 42, 87), ED (seed 42) on bc5cdr, chemdner, drugprot' in text
+    assert sum('image/png' in o.get('data', {}) for o in outputs) >= 5  # stages in training, scores, shift, false positives, ED term
 
 
 def test_the_converged_grid_is_the_study_and_calibration_runs_apart(tmp_path):
