@@ -31,8 +31,9 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
            'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
            'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'checkpoint_owners',
-           'checkpoint_summary', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
-           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation', 'grid_differences']
+           'checkpoint_label', 'checkpoint_summary', 'premise_table', 'load_calibration', 'calibration_table',
+           'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation',
+           'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -467,7 +468,7 @@ def plot_source_stages(stages: pd.DataFrame,  # as `source_stages` returns (or a
     fig, ax = plt.subplots(figsize=(7, 3.8))
     data = stages.assign(**{style: stages[style].astype(str)}) if style else stages
     sns.lineplot(data=data, x='epoch', y='f1', hue=hue, style=style, marker='o', ax=ax)
-    if stages.epoch.nunique() <= 15: ax.set_xticks(sorted(stages.epoch.unique()))  # a few epochs: each its tick
+    if stages.epoch.nunique() <= 10: ax.set_xticks(sorted(stages.epoch.unique()))  # a few epochs: each its tick
     else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a converged stage 1: a hundred epochs or more
     ax.set(xlabel='epoch', ylabel='dev micro-F1 (%)', title=title)
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize='small')  # beside the axes: the curves fill them
@@ -703,21 +704,28 @@ def checkpoint_owners(keys,  # checkpoint keys (folder names without `.progress`
 STALE = 'no planned run of the current code (older code or another configuration): stale'
 
 
+def checkpoint_label(key: str,  # a checkpoint's key
+                     owners: dict  # as `checkpoint_owners` returns
+                    ) -> str:  # 'stage 1: source all, CE only', or `STALE`
+    owner = owners.get(key)
+    return f"{owner['stage']}: {owner['model']}" if owner else STALE
+
+
 def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` returns
                        owners: dict  # as `checkpoint_owners` returns
                       ) -> pd.DataFrame:  # one row per checkpoint
-    "Per checkpoint: which stage of which runs, epochs trained, the best epoch and its dev F1, the last epoch's dev F1, the gain of the last 5 epochs, hours."
+    "Per checkpoint: which stage of which runs, epochs trained, the best dev F1 and its epoch, the last one, the last 5 epochs' gain, hours, the key."
     rows = []
     for key, history in checkpoints.groupby('key', sort=False):
         history = history.sort_values('epoch')
         best = history.loc[history.f1.idxmax()]
-        owner = owners.get(key, {'stage': '?', 'model': STALE, 'serves': ''})
-        rows.append({'checkpoint': f'{key[:12]}…', **owner, 'epochs': int(history.epoch.iloc[-1]), 'best epoch': int(best.epoch),
-                     'best dev F1': best.f1, 'last dev F1': history.f1.iloc[-1],
+        rows.append({'stage': checkpoint_label(key, owners), 'serves': owners.get(key, {}).get('serves', ''),
+                     'epochs': int(history.epoch.iloc[-1]), 'best dev F1 (epoch)': f'{best.f1:.2f} ({int(best.epoch)})',
+                     'last dev F1': history.f1.iloc[-1],
                      'ΔF1, last 5 epochs': history.f1.iloc[-1] - history.f1.iloc[-6] if len(history) > 5 else math.nan,
-                     'hours': history.hours.sum()})
-    return pd.DataFrame(rows, columns=['checkpoint', 'stage', 'model', 'serves', 'epochs', 'best epoch', 'best dev F1', 'last dev F1',
-                                       'ΔF1, last 5 epochs', 'hours']).round(2)
+                     'hours': history.hours.sum(), 'key': f'{key[:8]}…'})
+    return pd.DataFrame(rows, columns=['stage', 'serves', 'epochs', 'best dev F1 (epoch)', 'last dev F1', 'ΔF1, last 5 epochs',
+                                       'hours', 'key']).round(2)
 
 # %% ../nbs/06a_report.ipynb #b4e16771
 PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns
