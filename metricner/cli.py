@@ -88,13 +88,15 @@ def cmd_download(args) -> int:
 # %% ../nbs/07_cli.ipynb #a4fa91bd
 def cmd_results(args) -> int:
     "`metricner results`: run the grid cells that are not done, or list their status."
-    from metricner.grid import calibration_grid, grid, grid_commands, grid_progress, run_grid# pandas and papermill: only when asked for
+    from metricner.grid import calibration_grid, grid, grid_commands, grid_progress, run_grid, study_grid  # pandas, papermill: only when asked for
+    if args.priority is not None and (args.profile != 'converged' or args.calibration):
+        raise ValueError("--priority picks a part of the converged study's plan: use it with --profile converged, without --calibration")
+    runs = calibration_grid() if args.calibration else study_grid(args.priority) if args.priority is not None else grid(args.profile)
     if args.status:
-        progress = grid_progress(profile=args.profile)
+        progress = grid_progress(runs=runs)
         print(progress.drop(columns=['folder']).to_string(index=False))
         print(', '.join(f'{n} {status}' for status, n in progress.status.value_counts().items()))
         return 0
-    runs = calibration_grid() if args.calibration else grid(args.profile)
     if args.commands:  # one `metricner run` per missing cell, for a scheduler
         print('\n'.join(grid_commands(runs, keep_stale=args.keep_stale)))
         return 0
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument('--profile', default='cpu', choices=PROFILES, help='whose grid (default: cpu)')
     results.add_argument('--calibration', action='store_true', help="the calibration runs of the converged profile's regime "
                          '(issue #17, section 3) instead of a grid; records under results/calibration')
+    results.add_argument('--priority', type=int, default=None, metavar='P',  # checked by study_grid
+                         help="with --profile converged: only this part of the study's plan (1: the pooled source; 2: the single "
+                         'sources at seed 42; 3: their other seeds), so that a limited budget makes the first part first')
     results.add_argument('--jobs', type=int, default=1, metavar='K', help='run K cells at a time, one device each (default: 1)')
     results.add_argument('--commands', action='store_true', help='print one `metricner run` command per missing cell '
                          '(stage-1 producers first), for a SLURM array or GNU parallel; run nothing')

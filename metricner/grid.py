@@ -152,13 +152,15 @@ def cell_status(parameters: dict,  # one run of `grid`
 
 # %% ../nbs/06_grid.ipynb #09a39069
 def grid_progress(root: Path | None = None,  # the runs folder; default `default_runs_dir()`
-                  profile: str = 'cpu'  # the grid's profile
-                 ) -> pd.DataFrame:  # one row per run: target, setting, events, seed, λ_tgt, status, folder
-    "Every cell of the grid with its status under `root`."
+                  profile: str = 'cpu',  # the grid's profile
+                  runs: list[dict] | None = None  # the runs to list instead of `grid(profile)` (a part of the study, the calibration)
+                 ) -> pd.DataFrame:  # one row per run: source, target, setting, events, seed, λ_tgt, status, folder
+    "Every cell of the grid (or of `runs`) with its status under `root`."
     rows = []
-    for parameters in grid(profile):
+    for parameters in runs if runs is not None else grid(profile):
         config = config_from_parameters(parameters)
-        rows.append({'target': config.target, 'setting': config.setting, 'events': config.events, 'seed': config.seed,
+        rows.append({'source': config.source if SETTINGS[config.setting].source_stage else '–', 'target': config.target,
+                     'setting': config.setting, 'events': config.events, 'seed': config.seed,
                      'lambda_tgt': config.lambda_tgt, 'status': cell_status(parameters, root),
                      'folder': str(run_folder(parameters, root))})
     return pd.DataFrame(rows)

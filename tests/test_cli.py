@@ -57,6 +57,20 @@ def test_results_status_and_dry_run():
     assert dry.returncode == 0 and 'grid runs to do' in dry.stdout
 
 
+def test_results_takes_one_part_of_the_study():
+    from metricner.grid import study_grid
+    singles = run('results', '--profile', 'converged', '--priority', '2', '--status')
+    assert singles.returncode == 0, singles.stderr
+    lines = singles.stdout.strip().splitlines()
+    assert len(lines) == 1 + len(study_grid(2)) + 1 and lines[0].split()[0] == 'source'
+    assert {line.split()[0] for line in lines[1:-1]} == {'pc', 'cg', 'id'}
+    commands = run('results', '--profile', 'converged', '--priority', '2', '--commands').stdout.splitlines()
+    assert len(commands) == len(study_grid(2)) and all('--source all' not in c for c in commands)
+    for wrong in (['--priority', '1'], ['--profile', 'converged', '--priority', '4']):  # the cpu grid has no parts; no part 4
+        result = run('results', *wrong, '--status')
+        assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr
+
+
 def test_run_checks_its_configuration_before_reading_data(tmp_path):
     "The data folder is empty: a check made after reading data would fail with another message."
     result = run('run', '--profile', 'smoke', '--set', 'ms_source.alpah=3', '--data-dir', str(tmp_path))
