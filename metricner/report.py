@@ -670,9 +670,15 @@ def _served(runs: list[dict]) -> str:
     return f"{len(runs)} run{'s' * (len(runs) > 1)}: {settings} on {', '.join(unique(r['target'] for r in runs))}"
 
 
+def _stopping(train: dict  # a stage's TrainConfig values
+             ) -> dict:  # what decides when the stage stops by patience
+    config = TrainConfig(**train)
+    return {'min_epochs': config.min_epochs, 'patience': config.patience}
+
+
 def checkpoint_owners(keys,  # checkpoint keys (folder names without `.progress`)
                       runs: list[dict] | None = None  # planned runs, in `grid`'s form; default the study's plan
-                     ) -> dict:  # key → {'stage', 'model', 'serves'}; a key of no planned run is left out
+                     ) -> dict:  # key → {'stage', 'model', 'serves', 'stopping'}; a key of no planned run is left out
     "Which planned runs each checkpoint serves, found by recomputing the plan's stage-1 keys, then its stage-2 keys while a key is unexplained."
     runs = study_grid() if runs is None else runs
     left, owners, stage1, groups = set(keys), {}, {}, {}
@@ -687,16 +693,19 @@ def checkpoint_owners(keys,  # checkpoint keys (folder names without `.progress`
         if not left: break
         if (key := stage1_key(group)) in left:
             first = members[0]
-            owners[key] = {'stage': 'stage 1', 'model': f"source {first['source']}, {_stage_objective(first)}", 'serves': _served(members)}
+            owners[key] = {'stage': 'stage 1', 'model': f"source {first['source']}, {_stage_objective(first)}", 'serves': _served(members),
+                           'stopping': _stopping(config_from_parameters(first).source_train)}
             left.discard(key)
     for run in runs:
         if not left: break
         group = stage1_group(run)
-        key = target_stage_key(config_from_parameters(run), stage1_key(group) if group else None)
+        config = config_from_parameters(run)
+        key = target_stage_key(config, stage1_key(group) if group else None)
         if key in left:
             source = f" from {run['source']}" if group else ''
             owners[key] = {'stage': 'stage 2', 'model': f"{run['target']}{source}, {_planned_label(run)}",
-                           'serves': _served([run])}
+                           'serves': _served([run]),
+                           'stopping': _stopping({**config.target_train, **(config.oracle_train if run['setting'] == 'oracle' else {})})}
             left.discard(key)
     return owners
 
@@ -711,10 +720,19 @@ def checkpoint_label(key: str,  # a checkpoint's key
     return f"{owner['stage']}: {owner['model']}" if owner else STALE
 
 
+def _earliest_stop(history: pd.DataFrame,  # one checkpoint's epochs, in order
+                   stopping: dict | None  # as `checkpoint_owners` gives it; None: unknown (a stale key)
+                  ) -> float:  # the epoch at which the stage stops if dev F1 gains no more; NaN where unknown
+    "`trainers.stop_reason`'s rule seen from now: patience counts from the best epoch, once some epoch scored above 0."
+    if stopping is None or not (history.f1 > 0).any(): return math.nan
+    best_epoch = int(history.epoch.loc[history.f1.idxmax()])
+    return max(stopping['min_epochs'], best_epoch + stopping['patience'], int(history.epoch.iloc[-1]) + 1)
+
+
 def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` returns
                        owners: dict  # as `checkpoint_owners` returns
                       ) -> pd.DataFrame:  # one row per checkpoint
-    "Per checkpoint: which stage of which runs, epochs trained, the best dev F1 and its epoch, the last one, the last 5 epochs' gain, hours, the key."
+    "Per checkpoint: which stage of which runs, epochs trained, the best dev F1 and its epoch, the last one, the last 5 epochs' gain, the earliest epoch it can stop at, hours, the key."
     rows = []
     for key, history in checkpoints.groupby('key', sort=False):
         history = history.sort_values('epoch')
@@ -723,9 +741,10 @@ def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` retu
                      'epochs': int(history.epoch.iloc[-1]), 'best dev F1 (epoch)': f'{best.f1:.2f} ({int(best.epoch)})',
                      'last dev F1': history.f1.iloc[-1],
                      'ΔF1, last 5 epochs': history.f1.iloc[-1] - history.f1.iloc[-6] if len(history) > 5 else math.nan,
+                     'stops at epoch ≥': _earliest_stop(history, owners.get(key, {}).get('stopping')),
                      'hours': history.hours.sum(), 'key': f'{key[:8]}…'})
     return pd.DataFrame(rows, columns=['stage', 'serves', 'epochs', 'best dev F1 (epoch)', 'last dev F1', 'ΔF1, last 5 epochs',
-                                       'hours', 'key']).round(2)
+                                       'stops at epoch ≥', 'hours', 'key']).round(2)
 
 # %% ../nbs/06a_report.ipynb #b4e16771
 PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns
