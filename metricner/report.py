@@ -31,9 +31,9 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
            'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
            'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'checkpoint_owners',
-           'checkpoint_label', 'checkpoint_summary', 'premise_table', 'load_calibration', 'calibration_table',
-           'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'event_ablation',
-           'grid_differences']
+           'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table', 'load_calibration',
+           'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term',
+           'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -745,6 +745,25 @@ def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` retu
                      'hours': history.hours.sum(), 'key': f'{key[:8]}…'})
     return pd.DataFrame(rows, columns=['stage', 'serves', 'epochs', 'best dev F1 (epoch)', 'last dev F1', 'ΔF1, last 5 epochs',
                                        'stops at epoch ≥', 'hours', 'key']).round(2)
+
+# %% ../nbs/06a_report.ipynb #3ab7aa89
+def study_hours(records: pd.DataFrame,  # the study's records, as `load_records` returns (its `folder` column is read)
+                checkpoints: pd.DataFrame  # the stages in training, as `stage_checkpoints` returns
+               ) -> pd.DataFrame:  # part, count, hours
+    "Wall-clock hours the study has trained so far: each finished stage-1 model once (every epoch, over all the sessions it took), the rest of each recorded run, and the stages in training."
+    models, stage1, rest = set(), 0.0, 0.0
+    for folder in records.folder:
+        record = read_record(folder)
+        timings = record['timings_s']
+        rest += timings['total'] - timings.get('stage1', 0.0)  # a run that trained its stage 1 counts it in its total
+        if (stage := record.get('stage1')) and stage['key'] not in models:  # runs that share a stage 1 paid for it once
+            models.add(stage['key'])
+            stage1 += sum(epoch['seconds'] for epoch in stage['history'])
+    rows = [{'part': 'finished stage-1 models', 'count': len(models), 'hours': stage1 / 3600},
+            {'part': 'recorded runs, without their stage 1', 'count': len(records), 'hours': rest / 3600},
+            {'part': 'stages in training', 'count': checkpoints.key.nunique(), 'hours': checkpoints.hours.sum()}]
+    return pd.DataFrame(rows)
+
 
 # %% ../nbs/06a_report.ipynb #b4e16771
 PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns

@@ -1,6 +1,7 @@
 "The converged study's report on fake records: none, a partial study, old records without the new fields, Oracle's cap, pooled bootstraps that hold and that fail, and the study page itself."
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -236,6 +237,7 @@ def test_the_study_page_on_a_partial_study(partial_study, tmp_path, data_dir):
     assert 'reference, capped at 200 epochs' in text and 'By claim, over the targets' in text
     assert 'converged profile' in text and 'events: EG − EG without events' in text  # its BC5CDR baselines are the profile's regime
     assert '| mode ' in text  # the grid differences: the cpu grid's records against the study's
+    assert re.search(r'\| stages in training +\| +1 \| +0\.33 \|', text)  # its two epochs of 600 s
     assert '| stage 1: source all, CE only | 9 runs: Direct Transfer (seeds 13, 42, 87), ED (seed 42) on bc5cdr, chemdner, drugprot' in text
     assert sum('image/png' in o.get('data', {}) for o in outputs) >= 5  # stages in training, scores, shift, false positives, ED term
 
