@@ -869,17 +869,27 @@ def calibration_choice(table: pd.DataFrame  # as `calibration_table` returns
             + ('' if chosen.converged == 'yes' else f' Its runs did not all stop by patience (converged: {chosen.converged}).') + note)
 
 # %% ../nbs/06a_report.ipynb #d44d6804
+def _top_types(by_type: dict,  # source type → pseudo entities of that type
+               n: int = 3
+              ) -> str:  # 'Organism 33 %, Organ 20 %, Cell 5 %'
+    "The `n` source types that the stage-1 model gave the most pseudo entities, with their shares."
+    total = sum(by_type.values())
+    return ', '.join(f'{name} {100 * count / total:.0f} %' for name, count in sorted(by_type.items(), key=lambda item: -item[1])[:n])
+
+
 def pseudo_label_quality(records: pd.DataFrame  # as `load_records` returns
                         ) -> pd.DataFrame:  # one row per run with entity discrimination that scored its pseudo labels
-    "Per run with ED: its pseudo source entities, and their precision, recall and F1 (%) with tp, fp, fn against gold source-type spans."
+    "Per run with ED: its pseudo source entities, their precision, recall and F1 (%) with tp, fp, fn against gold source-type spans, and their most frequent source types."
     rows = []
     for run in _ordered(records[records.setting.map(lambda s: SETTINGS[s].discrimination).astype(bool)]).itertuples():
         pseudo = read_record(run.folder).get('pseudo_labels') or {}
         gold = pseudo.get('against_gold')
         if not gold: continue
         rows.append({'target': run.target, 'run': run_label(run), 'pseudo entities': pseudo.get('entities'),
-                     **{m: 100 * gold[m] for m in ('precision', 'recall', 'f1')}, **{c: gold[c] for c in ('tp', 'fp', 'fn')}})
-    return pd.DataFrame(rows, columns=['target', 'run', 'pseudo entities', 'precision', 'recall', 'f1', 'tp', 'fp', 'fn'])
+                     **{m: 100 * gold[m] for m in ('precision', 'recall', 'f1')}, **{c: gold[c] for c in ('tp', 'fp', 'fn')},
+                     'most frequent source types': _top_types(pseudo.get('by_source_type') or {})})
+    return pd.DataFrame(rows, columns=['target', 'run', 'pseudo entities', 'precision', 'recall', 'f1', 'tp', 'fp', 'fn',
+                                       'most frequent source types'])
 
 # %% ../nbs/06a_report.ipynb #338b576d
 def stage_histories(records: pd.DataFrame,  # as `load_records` returns
