@@ -206,7 +206,8 @@ def test_an_interrupted_stage_2_resumes_from_its_checkpoint(isolated, monkeypatc
     planned = dict(target='bc5cdr', source='pc', setting='target_only', profile='smoke', seed=42,  # the same run, as a plan gives it
                    overrides={'mode': 'adapter', **{f'target_train.{k}': 3 for k in ('max_epochs', 'min_epochs', 'patience')}})
     owners = checkpoint_owners(set(stage_checkpoints(store).key), [planned])  # the study page's labels
-    assert list(owners.values()) == [{'stage': 'stage 2', 'model': 'bc5cdr, Target Only seed 42', 'serves': '1 run: Target Only (seed 42) on bc5cdr'}]
+    assert list(owners.values()) == [{'stage': 'stage 2', 'model': 'bc5cdr, Target Only seed 42', 'serves': '1 run: Target Only (seed 42) on bc5cdr',
+                                      'stopping': {'min_epochs': 3, 'patience': 3}}]
     resumed = run_experiment(config, StageCache(isolated / 'a', store=store))
     assert resumed['stage2']['stopped']['resumed_after'] == 1 and whole['stage2']['stopped']['resumed_after'] is None
     without_time = lambda history: [{k: v for k, v in e.items() if k != 'seconds'} for e in history]  # noqa: E731
