@@ -19,8 +19,8 @@ from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_argum
 from .distributed import init_distributed, launched_by_torchrun, torchrun_command
 
 # %% auto #0
-__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_bench', 'cmd_download', 'cmd_results', 'cmd_report', 'cmd_tag',
-           'cmd_export', 'build_parser', 'main']
+__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_pseudo_labels', 'cmd_bench', 'cmd_download', 'cmd_results',
+           'cmd_report', 'cmd_tag', 'cmd_export', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
@@ -53,15 +53,28 @@ def add_run_arguments(parser: argparse.ArgumentParser,  # the `run` subcommand's
                             help=p.help + default)
 
 # %% ../nbs/07_cli.ipynb #3c825e82
+def _parameters(args) -> dict:
+    "The `PARAMETERS` options of a run, with the `--set` pairs gathered into their dictionaries."
+    parameters = {p.name: getattr(args, p.name) for p in PARAMETERS}
+    parameters.update({p.name: dict(parameters[p.name] or []) for p in PARAMETERS if p.kind is dict})
+    return parameters
+
+
 def cmd_run(args) -> int:
     "`metricner run`: one experiment from the `PARAMETERS` options; writes its metrics.json."
-    parameters = {p.name: getattr(args, p.name) for p in PARAMETERS}
-    parameters.update({p.name: dict(parameters[p.name] or []) for p in PARAMETERS if p.kind is dict})  # --set pairs
+    parameters = _parameters(args)
     config = config_from_parameters(parameters)
     if args.nproc > 1 and not launched_by_torchrun():  # launch torchrun with the same parameters
         return subprocess.call(torchrun_command(args.nproc, run_arguments(parameters)))
     if launched_by_torchrun(): init_distributed(run_device(config))  # one rank of `torchrun ... -m metricner.cli run`
     run_experiment(config)
+    return 0
+
+
+def cmd_pseudo_labels(args) -> int:
+    "`metricner pseudo-labels`: ED's pseudo labels of a run from its stage-1 model as it stands (see `preview`), as JSON."
+    from metricner.preview import preview_pseudo_labels
+    print(json.dumps(preview_pseudo_labels(config_from_parameters(_parameters(args))), indent=1, default=str))
     return 0
 
 # %% ../nbs/07_cli.ipynb #0d46699d
@@ -144,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument('--nproc', type=int, default=1, help='train on N processes with DDP (launches torchrun; NCCL on GPUs, gloo on CPUs)')
     run.set_defaults(run=cmd_run)
+
+    pseudo = commands.add_parser('pseudo-labels', help="ED's pseudo labels of a run from its stage-1 model, finished or in training, as JSON")
+    add_run_arguments(pseudo)
+    pseudo.set_defaults(run=cmd_pseudo_labels)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')
     bench.add_argument('--quick', action='store_true', help='fewer batches: a few minutes')

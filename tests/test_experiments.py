@@ -468,3 +468,27 @@ def test_analysis_files(isolated):
     feats = load_file(str(isolated / 'run' / 'features.safetensors'))['features']
     assert feats.shape[0] == len(meta['groups']) == record['files']['feature_entities']
     assert {'target', 'source'} == set(meta['groups']) and meta['source_entities'] == 'gold source-like annotations'
+
+
+@pytest.mark.slow
+def test_pseudo_labels_are_previewed_from_a_stage_1_model_in_training_and_finished(isolated, monkeypatch, capsys):
+    """`preview_pseudo_labels` reads a stage-1 model still in training (its checkpoint's best weights) and, once finished,
+    gives exactly the pseudo labels that the run recorded; `metricner pseudo-labels` prints the same as JSON."""
+    from metricner.cli import main
+    from metricner.preview import preview_pseudo_labels
+    backbone = build_tiny_backbone(isolated / 'tiny', words=['cancer', 'cell', 'protein', 'the', 'of'])
+    stage1 = {'max_epochs': 3, 'min_epochs': 3, 'patience': 3}
+    config = smoke(isolated, setting='ed', mode='adapter', backbone=str(backbone), source_train=stage1)
+    cache = StageCache(store=isolated / 'store')  # its machine cache is METRICNER_CACHE's, as the command's
+    interrupt_in_second_epoch(config, cache, monkeypatch)
+    in_training = preview_pseudo_labels(config, cache)
+    assert in_training['model']['state'] == 'in training' and in_training['model']['epochs'] == 1
+    assert in_training['model']['weights_of_epoch'] == 1 and in_training['training units'] > 0
+    assert set(in_training) >= {'entities', 'words', 'by_source_type', 'against_gold'}  # BC5CDR has gold source-type spans
+    record = run_experiment(config, cache)
+    capsys.readouterr()  # the run's log
+    assert main(['pseudo-labels', '--target', 'bc5cdr', '--source', 'pc', '--setting', 'ed', '--profile', 'smoke',
+                 '--backbone', str(backbone), '--set', 'mode=adapter', *(f'--set=source_train.{k}={v}' for k, v in stage1.items())]) == 0
+    printed = json.loads(capsys.readouterr().out)  # JSON alone on standard output
+    assert printed['model']['state'] == 'finished' and printed['model']['key'] == record['stage1']['key']
+    assert {k: v for k, v in printed.items() if k not in ('model', 'training units')} == record['pseudo_labels']
