@@ -146,3 +146,18 @@ def test_source_like_annotations_of_the_targets(data_dir, name, source_like):
     pooled = load_corpus('all', data_dir)
     units, _ = tag_documents(pooled['train'][:50], pooled.types, source_like=pooled.source_like)
     assert {t[2:] for u in units for t in u.other_tags if t != 'O'} & {'Simple_chemical', 'Chemical'}
+
+
+GENE_NAMES = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "DrugProt's training file names genes GENE-Y and GENE-N, its development file (the test split) GENE, and the built-in "
+    "target matches GENE only, so its train and dev units have no source-like tags. The fix (corpora.py) changes the code "
+    "fingerprint: it waits for the study's next forced restart (issue #17). Remove this mark with it."))
+
+
+@pytest.mark.parametrize('name', ['bc5cdr', pytest.param('drugprot', marks=GENE_NAMES)])
+def test_every_split_of_a_target_has_its_source_like_annotations(data_dir, name):
+    "Each split's units carry the target's source-like annotations (`other_tags`): ED's labels are scored against the train split's."
+    corpus = load_corpus(name, data_dir)
+    for split in ('train', 'dev', 'test'):
+        units, _ = tag_documents(corpus[split][:50], corpus.types, 'document', corpus.source_like)
+        assert any(t != 'O' for u in units for t in u.other_tags), f'{name} {split}: no {corpus.source_like} annotation in 50 documents'
