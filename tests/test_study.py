@@ -238,7 +238,7 @@ def test_the_study_page_on_a_partial_study(partial_study, tmp_path, data_dir):
     assert 'converged profile' in text and 'events: EG − EG without events' in text  # its BC5CDR baselines are the profile's regime
     assert '| mode ' in text  # the grid differences: the cpu grid's records against the study's
     assert re.search(r'\| stages in training +\| +1 \| +0\.33 \|', text)  # its two epochs of 600 s
-    assert '| stage 1: source all, CE only | 9 runs: Direct Transfer (seeds 13, 42, 87), ED (seed 42) on bc5cdr, chemdner, drugprot' in text
+    assert '| stage 1: source all, CE only | 9 runs: Direct Transfer (seeds 13, 42, 87), ED (seed 42) on bc5cdr, drugprot, chemdner' in text
     assert sum('image/png' in o.get('data', {}) for o in outputs) >= 5  # stages in training, scores, shift, false positives, ED term
 
 
