@@ -93,9 +93,15 @@ def test_one_step_with_the_ms_term_matches_the_reference_loss(setup):
     grads = {n: p.grad for n, p in tagger.named_parameters()}
     for name, p in reference.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-7)
-    # Adam's first step is lr * g / (|g| + eps): where |g| is near eps, float rounding moves it by up to ~lr / 1000
+    # Adam's first step is lr * g / (|g| + eps), about lr * sign(g). Where |g| is near eps, the gradients' own float
+    # rounding (the atol above) can move it by up to lr, so the steps are compared where |g| is far above eps
+    compared = 0
     for a, b in zip(tagger.parameters(), reference.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=config.lr / 100)
+        if b.grad is None: continue
+        firm = b.grad.abs() > 1e-5
+        torch.testing.assert_close(a[firm], b[firm], rtol=0, atol=config.lr / 100)
+        compared += int(firm.sum())
+    assert compared > sum(p.numel() for p in reference.parameters()) / 2
     without_ms = grads_after_step(units, backbone, 3)  # the MS term moves the gradient: the comparison is not vacuous
     assert not torch.allclose(without_ms['encoder.embeddings.word_embeddings.weight'],
                               grads['encoder.embeddings.word_embeddings.weight'], rtol=1e-2, atol=1e-6)
