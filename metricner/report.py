@@ -24,8 +24,8 @@ from .grid import (
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'STALE',
-           'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records', 'shown_path',
-           'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table',
+           'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records',
+           'shown_path', 'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table',
            'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
            'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
@@ -711,11 +711,13 @@ def checkpoint_owners(keys,  # checkpoint keys (folder names without `.progress`
 
 # %% ../nbs/06a_report.ipynb #e208c544
 STALE = 'no planned run of the current code (older code or another configuration): stale'
+UNMATCHED = 'not matched to the plan: its key digests the corpus files, which are not found here'
 
 
 def checkpoint_label(key: str,  # a checkpoint's key
-                     owners: dict  # as `checkpoint_owners` returns
-                    ) -> str:  # 'stage 1: source all, CE only', or `STALE`
+                     owners: dict | None  # as `checkpoint_owners` returns; None: not known (no corpora)
+                    ) -> str:  # 'stage 1: source all, CE only', `STALE` or `UNMATCHED`
+    if owners is None: return UNMATCHED
     owner = owners.get(key)
     return f"{owner['stage']}: {owner['model']}" if owner else STALE
 
@@ -730,18 +732,18 @@ def _earliest_stop(history: pd.DataFrame,  # one checkpoint's epochs, in order
 
 
 def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` returns
-                       owners: dict  # as `checkpoint_owners` returns
+                       owners: dict | None  # as `checkpoint_owners` returns; None: not known (no corpora)
                       ) -> pd.DataFrame:  # one row per checkpoint
     "Per checkpoint: which stage of which runs, epochs trained, the best dev F1 and its epoch, the last one, the last 5 epochs' gain, the earliest epoch it can stop at, hours, the key."
-    rows = []
+    rows, known = [], owners or {}
     for key, history in checkpoints.groupby('key', sort=False):
         history = history.sort_values('epoch')
         best = history.loc[history.f1.idxmax()]
-        rows.append({'stage': checkpoint_label(key, owners), 'serves': owners.get(key, {}).get('serves', ''),
+        rows.append({'stage': checkpoint_label(key, owners), 'serves': known.get(key, {}).get('serves', ''),
                      'epochs': int(history.epoch.iloc[-1]), 'best dev F1 (epoch)': f'{best.f1:.2f} ({int(best.epoch)})',
                      'last dev F1': history.f1.iloc[-1],
                      'ΔF1, last 5 epochs': history.f1.iloc[-1] - history.f1.iloc[-6] if len(history) > 5 else math.nan,
-                     'stops at epoch ≥': _earliest_stop(history, owners.get(key, {}).get('stopping')),
+                     'stops at epoch ≥': _earliest_stop(history, known.get(key, {}).get('stopping')),
                      'hours': history.hours.sum(), 'key': f'{key[:8]}…'})
     return pd.DataFrame(rows, columns=['stage', 'serves', 'epochs', 'best dev F1 (epoch)', 'last dev F1', 'ΔF1, last 5 epochs',
                                        'stops at epoch ≥', 'hours', 'key']).round(2)
