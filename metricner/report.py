@@ -30,10 +30,10 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
            'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
-           'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'checkpoint_owners',
-           'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table', 'load_calibration',
-           'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories', 'plot_ed_term',
-           'event_ablation', 'grid_differences']
+           'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
+           'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table',
+           'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories',
+           'plot_ed_term', 'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -660,6 +660,17 @@ def stage_checkpoints(store: Path | None = None  # the committed stages; default
                  for epoch in history]
     return pd.DataFrame(rows, columns=['key', 'epoch', 'ce', 'ms', 'precision', 'recall', 'f1', 'hours'])
 
+
+def finished_stages(store: Path | None = None  # the committed stages; default `results/stages` in `default_results_dir()`
+                   ) -> pd.DataFrame:  # one row per finished stage model: key, epochs, hours
+    "The stage models that finished training: the `KEY/stage.json` folders in `store`, with the wall time of all their epochs."
+    store = Path(store or default_results_dir() / 'stages')
+    rows = []
+    for manifest in sorted(store.glob('*/stage.json')):
+        history = json.loads(manifest.read_text(encoding='utf-8'))['history']
+        rows.append({'key': manifest.parent.name, 'epochs': len(history), 'hours': sum(e['seconds'] for e in history) / 3600})
+    return pd.DataFrame(rows, columns=['key', 'epochs', 'hours'])
+
 # %% ../nbs/06a_report.ipynb #4ba08263
 def _served(runs: list[dict]) -> str:
     "'3 runs: Direct Transfer (seeds 13, 42), ED (seed 42) on bc5cdr, chemdner': how many planned runs, their settings with seeds, their targets."
@@ -749,23 +760,33 @@ def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` retu
                                        'stops at epoch ≥', 'hours', 'key']).round(2)
 
 # %% ../nbs/06a_report.ipynb #3ab7aa89
+def _epoch_seconds(stage: dict | None) -> float:
+    "Wall time of all a recorded stage's epochs, dev scoring included."
+    return sum(epoch['seconds'] for epoch in stage['history']) if stage else 0.0
+
+
 def study_hours(records: pd.DataFrame,  # the study's records, as `load_records` returns (its `folder` column is read)
-                checkpoints: pd.DataFrame  # the stages in training, as `stage_checkpoints` returns
+                checkpoints: pd.DataFrame,  # the stages in training, as `stage_checkpoints` returns
+                finished: pd.DataFrame | None = None  # the finished stage models, as `finished_stages` returns
                ) -> pd.DataFrame:  # part, count, hours
-    "Wall-clock hours the study has trained so far: each finished stage-1 model once (every epoch, over all the sessions it took), the rest of each recorded run, and the stages in training."
+    "Wall-clock hours the study has trained so far: each finished stage-1 model once (every epoch, over all the sessions it took), the rest of each recorded run (its stage 2 likewise over all its sessions), and the stages in training."
     models, stage1, rest = set(), 0.0, 0.0
     for folder in records.folder:
         record = read_record(folder)
         timings = record['timings_s']
-        rest += timings['total'] - timings.get('stage1', 0.0)  # a run that trained its stage 1 counts it in its total
+        # the run's own process timed only what it trained itself: add every epoch of each stage, however many sessions it took
+        rest += timings['total'] - timings.get('stage1', 0.0) - timings.get('stage2', 0.0) + _epoch_seconds(record['stage2'])
         if (stage := record.get('stage1')) and stage['key'] not in models:  # runs that share a stage 1 paid for it once
             models.add(stage['key'])
-            stage1 += sum(epoch['seconds'] for epoch in stage['history'])
+            stage1 += _epoch_seconds(stage)
+    if finished is not None:  # a stage 1 that finished before any run using it was recorded (its stage 2 is in training)
+        waiting = finished[~finished.key.isin(models)]
+        models.update(waiting.key)
+        stage1 += 3600 * waiting.hours.sum()
     rows = [{'part': 'finished stage-1 models', 'count': len(models), 'hours': stage1 / 3600},
             {'part': 'recorded runs, without their stage 1', 'count': len(records), 'hours': rest / 3600},
             {'part': 'stages in training', 'count': checkpoints.key.nunique(), 'hours': checkpoints.hours.sum()}]
     return pd.DataFrame(rows)
-
 
 # %% ../nbs/06a_report.ipynb #b4e16771
 PREMISE = ('DT > TO', 'DT more on source spans')  # the two halves of the transfer premise, as table columns
