@@ -661,14 +661,19 @@ def stage_checkpoints(store: Path | None = None  # the committed stages; default
     return pd.DataFrame(rows, columns=['key', 'epoch', 'ce', 'ms', 'precision', 'recall', 'f1', 'hours'])
 
 
+def _epoch_seconds(stage: dict | None) -> float:
+    "Wall time of all a recorded stage's epochs, dev scoring included."
+    return sum(epoch['seconds'] for epoch in stage['history']) if stage else 0.0
+
+
 def finished_stages(store: Path | None = None  # the committed stages; default `results/stages` in `default_results_dir()`
                    ) -> pd.DataFrame:  # one row per finished stage model: key, epochs, hours
     "The stage models that finished training: the `KEY/stage.json` folders in `store`, with the wall time of all their epochs."
     store = Path(store or default_results_dir() / 'stages')
     rows = []
     for manifest in sorted(store.glob('*/stage.json')):
-        history = json.loads(manifest.read_text(encoding='utf-8'))['history']
-        rows.append({'key': manifest.parent.name, 'epochs': len(history), 'hours': sum(e['seconds'] for e in history) / 3600})
+        stage = json.loads(manifest.read_text(encoding='utf-8'))
+        rows.append({'key': manifest.parent.name, 'epochs': len(stage['history']), 'hours': _epoch_seconds(stage) / 3600})
     return pd.DataFrame(rows, columns=['key', 'epochs', 'hours'])
 
 # %% ../nbs/06a_report.ipynb #4ba08263
@@ -760,11 +765,6 @@ def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` retu
                                        'stops at epoch ≥', 'hours', 'key']).round(2)
 
 # %% ../nbs/06a_report.ipynb #3ab7aa89
-def _epoch_seconds(stage: dict | None) -> float:
-    "Wall time of all a recorded stage's epochs, dev scoring included."
-    return sum(epoch['seconds'] for epoch in stage['history']) if stage else 0.0
-
-
 def study_hours(records: pd.DataFrame,  # the study's records, as `load_records` returns (its `folder` column is read)
                 checkpoints: pd.DataFrame,  # the stages in training, as `stage_checkpoints` returns
                 finished: pd.DataFrame | None = None  # the finished stage models, as `finished_stages` returns
@@ -774,7 +774,7 @@ def study_hours(records: pd.DataFrame,  # the study's records, as `load_records`
     for folder in records.folder:
         record = read_record(folder)
         timings = record['timings_s']
-        # the run's own process timed only what it trained itself: add every epoch of each stage, however many sessions it took
+        # its process timed only the stage-2 epochs it trained itself: count them all, however many sessions they took
         rest += timings['total'] - timings.get('stage1', 0.0) - timings.get('stage2', 0.0) + _epoch_seconds(record['stage2'])
         if (stage := record.get('stage1')) and stage['key'] not in models:  # runs that share a stage 1 paid for it once
             models.add(stage['key'])
