@@ -740,7 +740,7 @@ def checkpoint_label(key: str,  # a checkpoint's key
 
 def _earliest_stop(history: pd.DataFrame,  # one checkpoint's epochs, in order
                    stopping: dict | None  # as `checkpoint_owners` gives it; None: unknown (a stale key)
-                  ) -> float:  # the epoch at which the stage stops if dev F1 gains no more; NaN where unknown
+                  ) -> float:  # the epoch at which the stage stops if dev F1 gains no more; NaN where unknown (the summary's column: NA)
     "`trainers.stop_reason`'s rule seen from now: patience counts from the best epoch, once some epoch scored above 0."
     if stopping is None or not (history.f1 > 0).any(): return math.nan
     best_epoch = int(history.epoch.loc[history.f1.idxmax()])
@@ -762,7 +762,7 @@ def checkpoint_summary(checkpoints: pd.DataFrame,  # as `stage_checkpoints` retu
                      'stops at epoch ≥': _earliest_stop(history, known.get(key, {}).get('stopping')),
                      'hours': history.hours.sum(), 'key': f'{key[:8]}…'})
     return pd.DataFrame(rows, columns=['stage', 'serves', 'epochs', 'best dev F1 (epoch)', 'last dev F1', 'ΔF1, last 5 epochs',
-                                       'stops at epoch ≥', 'hours', 'key']).round(2)
+                                       'stops at epoch ≥', 'hours', 'key']).round(2).astype({'stops at epoch ≥': 'Int64'})
 
 # %% ../nbs/06a_report.ipynb #3ab7aa89
 def study_hours(records: pd.DataFrame,  # the study's records, as `load_records` returns (its `folder` column is read)
@@ -986,10 +986,11 @@ GRID_FACTORS = (
     ('fidelity', 'event records: Equiv lines make records', 'event_equivalences'),
     ('fidelity', 'event records: chemical arguments dropped', 'event_drop_unlabelled'),
     ('fidelity', 'labelled CE share (λ divided by it)', 'ce_share'),
-    ('fidelity', 'MS scope: stage-1 micro-batch (None: the whole batch)', 'source_train.micro_batch_size'),
-    ('fidelity', 'MS scope: stage-2 micro-batch (None: the whole batch)', 'target_train.micro_batch_size'),
     ('code', 'commit', 'commit'),
 )  # (factor, what, where: a dotted configuration path, 'stage1'/'stage2' for the epochs trained, 'commit')
+# Not a factor: micro_batch_size. The MS term has spanned the whole optimizer batch since the trainers computed it over
+# the step (2a40d60), before any study record; the cpu grid's records are not micro-batched. So in both grids it sees
+# the batch, whose size the batch rows give, and the micro-batch only sets the memory of a forward pass.
 _NOT_RECORDED = 'not recorded'
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
