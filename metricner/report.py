@@ -30,10 +30,10 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
            'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
-           'run_convergence', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
+           'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
            'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table',
            'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories',
-           'plot_ed_term', 'event_ablation', 'grid_differences']
+           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'grid_differences']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -594,7 +594,7 @@ def run_convergence(record: dict  # a run's record
     return 'converged'
 
 # %% ../nbs/06a_report.ipynb #101160c5
-def _stop_text(stop: dict | None) -> str:
+def stop_text(stop: dict | None) -> str:
     "'35 (best 15), patience', or '–' for a stage the run does not have."
     if stop is None: return '–'
     return f'{stop["epoch"]} (best {stop["best_epoch"]}), {stop["reason"]}'
@@ -613,7 +613,7 @@ def stopping_table(records: pd.DataFrame  # as `load_records` returns (its `fold
     for run in _ordered(records).itertuples():
         record = read_record(run.folder)
         rows.append({'target': run.target, 'source': run.source if SETTINGS[run.setting].source_stage else '–', 'run': run_label(run),
-                     **{name: _stop_text(stage_stop(record, stage)) for stage, name in STAGES_SHOWN.items()},
+                     **{name: stop_text(stage_stop(record, stage)) for stage, name in STAGES_SHOWN.items()},
                      'stopped': run_convergence(record)})
     return pd.DataFrame(rows, columns=['target', 'source', 'run', *STAGES_SHOWN.values(), 'stopped'])
 
@@ -851,7 +851,7 @@ def _stops_of(records: pd.DataFrame) -> str:
     parts = []
     for run in _ordered(records).itertuples():
         record = read_record(run.folder)
-        stages = [f'{name} {_stop_text(stop)}' for stage, name in STAGES_SHOWN.items() if (stop := stage_stop(record, stage))]
+        stages = [f'{name} {stop_text(stop)}' for stage, name in STAGES_SHOWN.items() if (stop := stage_stop(record, stage))]
         parts.append(f'{SETTINGS[run.setting].label}: ' + ', '.join(stages))
     return '; '.join(parts)
 
@@ -941,6 +941,24 @@ def plot_ed_term(records: pd.DataFrame  # as `load_records` returns
         ax.set(title=target, xlabel='stage-2 epoch', ylabel='ED term (MS loss)' if ax is axes[0][0] else '')
         ax.legend(fontsize='small', loc='upper right')
     fig.suptitle('The ED term over stage 2, one line per run')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/06a_report.ipynb #b4c3279d
+def plot_learning_curves(record: dict  # a run's record
+                        ):  # a matplotlib figure: one panel per stage the run has
+    "Dev F1 (%) by epoch of each stage of one run; a dotted line marks the epoch whose weights were kept."
+    stages = {name: record[stage]['history'] for stage, name in (('stage1', 'stage 1 (source)'), ('stage2', 'stage 2 (target)'))
+              if (record.get(stage) or {}).get('history')}
+    plt, sns = _sns()
+    fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(5 * max(len(stages), 1), 3.2), squeeze=False)
+    for ax, (name, history) in zip(axes[0], stages.items()):
+        frame = pd.DataFrame(history).assign(dev_f1=lambda f: 100 * f.dev_f1)
+        sns.lineplot(data=frame, x='epoch', y='dev_f1', marker='o' if len(frame) <= 40 else None, ax=ax)  # markers hide a long curve
+        kept = frame[frame.best] if 'best' in frame else frame.iloc[:0]
+        if len(kept): ax.axvline(kept.epoch.iloc[-1], color='grey', linestyle=':')
+        ax.set(title=name, xlabel='epoch', ylabel='dev micro-F1 (%)', ylim=(0, 100))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -24,12 +25,15 @@ import pandas as pd
 from .experiments import SETTINGS
 from .grid import default_runs_dir, require_checkout
 from .paths import PROJECT_ROOT
-from .report import default_calibration_dir, load_records, run_label, score_markdown, STUDY_PROFILE
+from .report import (
+    default_calibration_dir, FP_MEASURES, load_records, plot_learning_curves, read_record, run_convergence, run_label, score_markdown,
+    shown_path, stage_stop, STAGES_SHOWN, stop_text, STUDY_PROFILE)
 
 # %% auto #0
 __all__ = ['NAV_LABELS', 'SPHINX_CONF', 'SITE_CSS', 'CHROMIUM_FLAGS', 'relative_paths', 'site_notebook', 'stage_api_pages',
-           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'runs_table', 'stage_runs', 'stage_site',
-           'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site', 'browser_check']
+           'page_copy', 'execute_page', 'Page', 'toctree', 'quarto_sidebar', 'runs_table', 'record_page', 'stage_runs',
+           'stage_site', 'render_with_sphinx', 'render_with_quarto', 'build_site', 'machine_patterns', 'check_site',
+           'browser_check']
 
 # %% ../nbs/06b_site.ipynb #93267701
 _ABSOLUTE_PREFIX = re.compile(r'(?<![\w.~/:-])/(?:[^\s/"\'\\<>]+/)+?(?=(?:results/runs|nbs|\.venv|\.cache)/)')
@@ -184,6 +188,59 @@ def runs_table(runs: pd.DataFrame,  # records of one target, as `load_records` r
         'commit': [f'`{str(c)[:7]}`' + ('' if current else ', older code') for c, current in zip(runs.commit, runs.current)]})
     return score_markdown(table, best_of=[SETTINGS[s].few_shot for s in runs.setting], index=False)
 
+# %% ../nbs/06b_site.ipynb #ca78990f
+_WHERE_KEYS = ('out_dir', 'data_dir')  # where a run read and wrote: the machine's folders, not part of what was run
+
+
+def _percent_table(rows: dict  # row name → {column: a share in [0, 1]}
+                  ) -> str:  # a Markdown table in %, nothing in bold (no row competes)
+    frame = 100 * pd.DataFrame(rows).T.astype(float)
+    return score_markdown(frame, best_of=[False] * len(frame))
+
+
+def record_page(folder: Path,  # a run folder with its `metrics.json`
+                dest: Path,  # the Markdown page to write; its figure goes beside it, as `dest` with `.png`
+                title: str  # the page's first heading
+               ) -> Path:  # `dest`
+    "The page of a run from its record alone: scores, F1 per type, how each stage stopped, learning curves, false positives, pseudo labels, configuration."
+    import matplotlib.pyplot as plt
+    record, dest = read_record(folder), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    figure = plot_learning_curves(record)
+    figure.savefig(dest.with_suffix('.png'), dpi=110, bbox_inches='tight')
+    plt.close(figure)
+    git = record.get('git') or {}
+    commit = f"`{str(git.get('commit', 'not recorded'))[:7]}`" + (' with uncommitted changes' if git.get('dirty') else '')
+    per_type = {name: {'precision': s['precision'], 'recall': s['recall'], 'f1': s['f1-score']} for name, s in record['per_type'].items()}
+    stops = [f'- {name}: last epoch {stop_text(stop)}' for stage, name in STAGES_SHOWN.items() if (stop := stage_stop(record, stage))]
+    shares = {kind: part for kind, part in (record.get('source_false_positives') or {}).items() if part}
+    pseudo = record.get('pseudo_labels') or {}
+    config = {k: v for k, v in record['config'].items() if k not in _WHERE_KEYS}
+    lines = [f'# {title}', '',
+             f'Made with `metricner run` at commit {commit}, without a notebook: this page is read from its record, '
+             f'`{shown_path(folder)}/metrics.json`.', '',
+             '## Test scores', '', 'Precision, recall and F1 (%, seqeval micro; *strict*: exact IOB2 spans).', '',
+             _percent_table({'all types': {'precision': record['precision'], 'recall': record['recall'], 'f1': record['f1'],
+                                           'strict f1': (record.get('strict') or {}).get('f1', math.nan)}}), '',
+             'F1 per entity type:', '', _percent_table(per_type), '',
+             '## How it trained', '', *stops, f'- the run: {run_convergence(record)}', '',
+             f'Dev F1 by epoch of each stage; the dotted line marks the epoch whose weights were kept.', '',
+             f'![Dev F1 by epoch of each stage]({dest.with_suffix(".png").name})', '']
+    if shares:
+        lines += ['## Source-entity false positives', '', 'Predicted target entities that are source entities:', '',
+                  *[f'- {FP_MEASURES.get(f"fp_{kind}", kind)}: {part["overlapping"]:,} of {part["predicted_entities"]:,} '
+                    f'({100 * part["share"]:.1f} %)' for kind, part in shares.items()], '']
+    if pseudo.get('entities'):
+        by_type = ', '.join(f'{name} {n:,}' for name, n in sorted(pseudo.get('by_source_type', {}).items(), key=lambda kv: -kv[1]))
+        gold = pseudo.get('against_gold')
+        lines += ['## Pseudo source entities', '', f'{pseudo["entities"]:,} pseudo source entities in the target training units '
+                  f'(by source type: {by_type}).'
+                  + (f' Against the gold source-type spans: precision {100 * gold["precision"]:.1f} %, recall '
+                     f'{100 * gold["recall"]:.1f} %.' if gold else ''), '']
+    lines += ['## Configuration', '', '```json', json.dumps(config, indent=1), '```', '']
+    dest.write_text('\n'.join(lines), encoding='utf-8')
+    return dest
+
 # %% ../nbs/06b_site.ipynb #a3306220
 def _markdown_page(path: Path, text: str, children: list, quarto: bool) -> None:
     "A Markdown page; for Sphinx with a hidden toctree of its children."
@@ -196,19 +253,19 @@ def stage_runs(dest: Path,  # the staged folder
                results: Path,  # the folder the records were read from
                quarto: bool = False  # for Quarto; else for Sphinx
               ) -> Page:  # the Runs section
-    "The Runs section: an index of the targets, one page per target with the table of its runs, the runs' notebooks."
-    def run_page(run):  # its staged notebook, relative to the target pages in runs/
-        folder = Path(run.folder).relative_to(results)
-        return f'{folder.as_posix()}.ipynb' if (Path(run.folder) / 'run.ipynb').exists() else None
+    "The Runs section: an index of the targets, one page per target with the table of its runs, a page per run."
+    def run_page(run):  # its page, relative to the target pages in runs/: the run's notebook, else one from its record
+        folder = Path(run.folder).relative_to(results).as_posix()
+        return f'{folder}.ipynb' if (Path(run.folder) / 'run.ipynb').exists() else f'{folder}.md'
     targets, lines = [], ['# Runs', '', 'Every recorded run, one page per target: test precision, recall and F1 (%, seqeval micro).', '',
                          '| target | runs | settings |', '|:--|--:|:--|']
     for target, runs in records.groupby('target'):
         pages, profiles = [], list(dict.fromkeys(runs.profile))
         name = lambda run: (f'{run.profile}: ' if len(profiles) > 1 else '') + run_label(run)  # the cpu grid and the study side by side
         for run in runs.itertuples():
-            if run_page(run) is None: continue
-            source = f'runs/{run_page(run)}'
-            page_copy(Path(run.folder) / 'run.ipynb', dest / source, title=f'{target}: {name(run)}', quarto=quarto)
+            source, title = f'runs/{run_page(run)}', f'{target}: {name(run)}'
+            if source.endswith('.ipynb'): page_copy(Path(run.folder) / 'run.ipynb', dest / source, title=title, quarto=quarto)
+            else: record_page(Path(run.folder), dest / source, title)
             pages.append(Page(source, name(run)))
         older = '' if runs.current.all() else (' Runs marked *older code* were made with code older than this site\'s; '
                                                'the commit column names the commit that made each.')

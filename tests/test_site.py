@@ -43,7 +43,11 @@ def test_the_pages_a_reader_expects(site):
     assert 'results/study.html' in front
     runs = (site / 'runs' / 'chemdner.html').read_text(encoding='utf-8')
     assert 'EG+ED concat seed 42' in runs and 'older code' in runs and '<strong>' in runs  # runs by setting, best in bold
-    assert len(list((site / 'runs').rglob('*seed*.html'))) == len(list(default_runs_dir().glob('*/*/*/run.ipynb')))  # the cpu grid's and the study's
+    shown = load_records(default_runs_dir()).query("profile in ('cpu', 'converged')")  # the cpu grid's and the study's
+    assert len(list((site / 'runs').rglob('*seed*.html'))) == len(shown)  # a page for every run, with a notebook or without
+    made_by_cli = next(folder for folder in shown.folder if not (Path(folder) / 'run.ipynb').exists())
+    page = (site / 'runs' / Path(made_by_cli).relative_to(default_runs_dir())).with_suffix('.html').read_text(encoding='utf-8')
+    assert 'Made with <code' in page and 'How it trained' in page and '<img' in page
     assert not list(site.rglob('*.ipynb')) and (site / '_static' / 'mathjax' / 'tex-chtml.js').exists()
 
 
