@@ -217,14 +217,14 @@ def record_page(folder: Path,  # a run folder with its `metrics.json`
     pseudo = record.get('pseudo_labels') or {}
     config = {k: v for k, v in record['config'].items() if k not in _WHERE_KEYS}
     lines = [f'# {title}', '',
-             f'Made with `metricner run` at commit {commit}, without a notebook: this page is read from its record, '
-             f'`{shown_path(folder)}/metrics.json`.', '',
+             f'Made at commit {commit} without a notebook (`metricner run` or `run_experiment`): this page is read from its '
+             f'record, `{shown_path(folder)}/metrics.json`.', '',
              '## Test scores', '', 'Precision, recall and F1 (%, seqeval micro; *strict*: exact IOB2 spans).', '',
              _percent_table({'all types': {'precision': record['precision'], 'recall': record['recall'], 'f1': record['f1'],
                                            'strict f1': (record.get('strict') or {}).get('f1', math.nan)}}), '',
              'F1 per entity type:', '', _percent_table(per_type), '',
              '## How it trained', '', *stops, f'- the run: {run_convergence(record)}', '',
-             f'Dev F1 by epoch of each stage; the dotted line marks the epoch whose weights were kept.', '',
+             'Dev F1 by epoch of each stage; the dotted line marks the epoch whose weights were kept.', '',
              f'![Dev F1 by epoch of each stage]({dest.with_suffix(".png").name})', '']
     if shares:
         lines += ['## Source-entity false positives', '', 'Predicted target entities that are source entities:', '',
