@@ -948,15 +948,14 @@ def plot_ed_term(records: pd.DataFrame  # as `load_records` returns
 def plot_learning_curves(record: dict  # a run's record
                         ):  # a matplotlib figure: one panel per stage the run has
     "Dev F1 (%) by epoch of each stage of one run; a dotted line marks the epoch whose weights were kept."
-    stages = {name: record[stage]['history'] for stage, name in (('stage1', 'stage 1 (source)'), ('stage2', 'stage 2 (target)'))
+    stages = {stage: name for stage, name in (('stage1', 'stage 1 (source)'), ('stage2', 'stage 2 (target)'))
               if (record.get(stage) or {}).get('history')}
     plt, sns = _sns()
     fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(5 * max(len(stages), 1), 3.2), squeeze=False)
-    for ax, (name, history) in zip(axes[0], stages.items()):
-        frame = pd.DataFrame(history).assign(dev_f1=lambda f: 100 * f.dev_f1)
+    for ax, (stage, name) in zip(axes[0], stages.items()):
+        frame = pd.DataFrame(record[stage]['history']).assign(dev_f1=lambda f: 100 * f.dev_f1)
         sns.lineplot(data=frame, x='epoch', y='dev_f1', marker='o' if len(frame) <= 40 else None, ax=ax)  # markers hide a long curve
-        kept = frame[frame.best] if 'best' in frame else frame.iloc[:0]
-        if len(kept): ax.axvline(kept.epoch.iloc[-1], color='grey', linestyle=':')
+        if (kept := stage_stop(record, stage)['best_epoch']) is not None: ax.axvline(kept, color='grey', linestyle=':')
         ax.set(title=name, xlabel='epoch', ylabel='dev micro-F1 (%)', ylim=(0, 100))
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
