@@ -20,20 +20,21 @@ from .trainers import TrainConfig
 from .experiments import (
     code_fingerprint, config_from_parameters, ExperimentConfig, SETTINGS, source_stage_key, target_stage_key)
 from .grid import (
-    BASELINES, default_calibration_dir, default_runs_dir, METHOD, stage1_group, STUDY_PRIORITIES, study_grid, TRANSFER)
+    BASELINES, default_calibration_dir, default_runs_dir, METHOD, stage1_group, STUDY_PRIORITIES, study_grid, TARGETS, TRANSFER)
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'STALE',
-           'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'read_record', 'load_records',
-           'shown_path', 'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table', 'per_type_table',
-           'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
+           'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'OUTCOMES', 'read_record',
+           'load_records', 'shown_path', 'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table',
+           'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
            'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
            'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
            'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
            'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table',
            'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories',
-           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'grid_differences']
+           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'grid_differences', 'grid_outcomes',
+           'grid_shift_markdown']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -438,7 +439,8 @@ def source_stages(records: pd.DataFrame  # as `load_records` returns (its `folde
         if not stage or stage['key'] in seen: continue  # one-stage settings, and stages already counted
         seen.add(stage['key'])
         config = record['config']
-        rows += [{'objective': _stage_objective(config), 'seed': config['seed'],
+        seed = config.get('source_seed') or config['seed']  # the seed stage 1 trained with; older records lack source_seed
+        rows += [{'objective': _stage_objective(config), 'seed': seed,
                   'max_epochs': config['source_train']['max_epochs'], 'epoch': epoch['epoch'], 'ce': epoch['ce'],
                   'ms': epoch['ms'], **{m: 100 * epoch[f'dev_{m}'] for m in ('precision', 'recall', 'f1')}}
                  for epoch in stage['history']]
@@ -1047,3 +1049,67 @@ def grid_differences(grids: dict  # grid name → its records (as `load_records`
         differs = 'not recorded' if len(known) < len(values) else 'yes' if len(set(known)) > 1 else 'no'
         rows.append({'factor': factor, 'what': what, **values, 'differs': differs})
     return pd.DataFrame(rows, columns=['factor', 'what', *grids, 'differs'])
+
+# %% ../nbs/06a_report.ipynb #dd66855b
+OUTCOMES = {'target_only': 'TO', TRANSFER: 'DT', METHOD: 'EG+ED'}  # the settings the grids are compared on, as columns name them
+
+
+def grid_outcomes(grids: dict  # grid name → its records of one source (as `load_records` returns, e.g. `source_runs`)
+                 ) -> pd.DataFrame:  # one row per target and grid
+    "Per target that every grid has and grid: F1 (%) of TO, DT and EG+ED, DT − TO, EG+ED − DT and their shares on gold source-type spans (%), over the seeds all three share."
+    runs = {name: main_runs(records) for name, records in grids.items()}
+    shared = set.intersection(*(set(records.target) for records in runs.values())) if runs else set()
+    rows = []
+    for target in [t for t in TARGETS if t in shared]:
+        for name, records in runs.items():
+            of = {setting: records[(records.target == target) & (records.setting == setting)].set_index('seed') for setting in OUTCOMES}
+            seeds = sorted(set.intersection(*(set(frame.index) for frame in of.values())))
+            f1 = {short: 100 * of[setting].loc[seeds].f1.mean() if seeds else math.nan for setting, short in OUTCOMES.items()}
+            rows.append({'target': target, 'grid': name, 'seeds': ', '.join(map(str, seeds)) or 'none shared',
+                         **{f'{short} F1': f1[short] for short in OUTCOMES.values()},
+                         'DT − TO': f1['DT'] - f1['TO'], 'EG+ED − DT': f1['EG+ED'] - f1['DT'],
+                         **{f'{short} on source spans %': 100 * of[setting].loc[seeds].fp_gold_source_like.mean() if seeds else math.nan
+                            for setting, short in OUTCOMES.items()}})
+    return pd.DataFrame(rows, columns=['target', 'grid', 'seeds', *(f'{s} F1' for s in OUTCOMES.values()), 'DT − TO', 'EG+ED − DT',
+                                       *(f'{s} on source spans %' for s in OUTCOMES.values())])
+
+
+def _moved(before: float, after: float) -> str:
+    return f'{before:.2f} → {after:.2f} ({after - before:+.2f})'
+
+
+def _seeds(listed: str) -> str: return ('seed ' if ',' not in listed else 'seeds ') + listed
+
+
+def _why(before: pd.Series, after: pd.Series, second: str) -> list[str]:
+    "What the runs can tell about why the outcomes of one target moved between two grids."
+    only, transfer = after['TO F1'] - before['TO F1'], after['DT F1'] - before['DT F1']
+    why = [('Target Only reads neither a stage 1 nor events, so only the stage-2 budget and regime reach it; '
+            + (f'the {second} trains it longer and keeps its best dev epoch, which is unlikely to lower it, so its fall is most '
+               'likely the regime\'s (the rows under *regime* above).' if only < 0 else
+               'it rose, and the runs cannot say whether the budget or the regime raised it.'))]
+    if (before['DT − TO'] > 0) != (after['DT − TO'] > 0):
+        why.append(f'DT − TO changed sign because Direct Transfer moved by {transfer:+.2f} and Target Only by {only:+.2f}: '
+                   + (f'what stage 1 adds counts for more in the {second}.' if transfer > only else 'Target Only gained more.'))
+    same = (before['EG+ED − DT'] > 0) == (after['EG+ED − DT'] > 0)
+    why.append('EG+ED − DT has the same sign in both grids, so on this target the verdict on the main claim does not turn on '
+               'the factors that differ.' if same else
+               'EG+ED − DT changed sign; no run changes one factor alone, so the runs cannot say which factor did it.')
+    return why
+
+
+def grid_shift_markdown(outcomes: pd.DataFrame,  # as `grid_outcomes` returns, for two grids
+                        first: str, second: str  # the grids' names, in the order read
+                       ) -> str:  # Markdown, a paragraph per target
+    "Per target: how TO, DT and EG+ED F1 and the two differences moved from one grid to the other, and what the runs can tell about why."
+    paragraphs = []
+    for target, rows in outcomes.groupby('target', sort=False):
+        before, after = (rows.set_index('grid').loc[name] for name in (first, second))
+        if before[['DT − TO', 'EG+ED − DT']].isna().any() or after[['DT − TO', 'EG+ED − DT']].isna().any():
+            paragraphs.append(f'**{target}**: not every grid has Target Only, Direct Transfer and EG+ED at a shared seed yet.'); continue
+        moved = ', '.join(f'{label} {_moved(before[f"{short} F1"], after[f"{short} F1"])}'
+                          for label, short in (('Target Only', 'TO'), ('Direct Transfer', 'DT'), ('EG+ED', 'EG+ED')))
+        paragraphs.append(f'**{target}** ({first}: {_seeds(before.seeds)}; {second}: {_seeds(after.seeds)}). F1 from the {first} to the '
+                          f'{second}: {moved}. DT − TO went {_moved(before["DT − TO"], after["DT − TO"])}, EG+ED − DT '
+                          f'{_moved(before["EG+ED − DT"], after["EG+ED − DT"])}. ' + ' '.join(_why(before, after, second)))
+    return '\n\n'.join(paragraphs)

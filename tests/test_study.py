@@ -11,8 +11,8 @@ from metricner.experiments import code_fingerprint, config_from_parameters, SETT
 from metricner.grid import study_grid
 from metricner.paths import PROJECT_ROOT
 from metricner.report import (
-    bootstrap_table, calibration_choice, calibration_table, claims, event_ablation, grid_differences, load_calibration,
-    load_records, premise_table, pseudo_label_quality, run_convergence, source_runs, stage_stop, stopping_table, study_progress)
+    bootstrap_table, calibration_choice, calibration_table, claims, event_ablation, grid_differences, grid_outcomes,
+    grid_shift_markdown, load_calibration, load_records, premise_table, pseudo_label_quality, run_convergence, source_runs, stage_stop, stopping_table, study_progress)
 
 DOCUMENTS = [f'd{i}' for i in range(40)]
 
@@ -216,6 +216,19 @@ def test_grid_differences_from_the_records(partial_study):
     assert differences.loc['stage-2 epochs trained', 'cpu grid'] == '10'
 
 
+def test_grid_outcomes_and_why_they_moved(partial_study):
+    "BC5CDR only (the cpu grid has no CHEMDNER record); the study's seeds 13 and 42 against the cpu grid's 42."
+    records = source_runs(load_records(partial_study))
+    outcomes = grid_outcomes({'cpu grid': records[records.profile == 'cpu'], 'study': records[records.profile == 'converged']})
+    assert outcomes[['target', 'grid', 'seeds']].values.tolist() == [['bc5cdr', 'cpu grid', '42'], ['bc5cdr', 'study', '13, 42']]
+    assert outcomes['DT − TO'].round(6).tolist() == [-1.0, 2.0] and outcomes['EG+ED − DT'].round(6).tolist() == [-1.0, 4.0]
+    assert outcomes['TO on source spans %'].round(6).tolist()[1] == 4.0
+    text = grid_shift_markdown(outcomes, 'cpu grid', 'study')
+    assert text.startswith('**bc5cdr** (cpu grid: seed 42; study: seeds 13, 42)')
+    assert 'Target Only 70.00 → 60.00 (-10.00)' in text and 'its fall is most likely the regime' in text
+    assert 'EG+ED − DT changed sign' in text
+
+
 @pytest.mark.slow
 def test_the_study_page_on_a_partial_study(partial_study, tmp_path, data_dir):
     "The page, executed as the site executes it, on the partial study: tables where there are records, plain words where not."
@@ -236,7 +249,7 @@ def test_the_study_page_on_a_partial_study(partial_study, tmp_path, data_dir):
     assert 'pooled: 13, 42' in text and 'not converged: stage 2 stopped by max_epochs at epoch 1000' in text
     assert 'reference, capped at 200 epochs' in text and 'By claim, over the targets' in text
     assert 'converged profile' in text and 'events: EG − EG without events' in text  # its BC5CDR baselines are the profile's regime
-    assert '| mode ' in text  # the grid differences: the cpu grid's records against the study's
+    assert '| mode ' in text and 'DT − TO went' in text  # the grid differences and outcomes: the cpu grid against the study
     assert re.search(r'\| stages in training +\| +1 \| +0\.33 \|', text)  # its two epochs of 600 s
     assert '| stage 1: source all, CE only | 9 runs: Direct Transfer (seeds 13, 42, 87), ED (seed 42) on bc5cdr, drugprot, chemdner' in text
     assert sum('image/png' in o.get('data', {}) for o in outputs) >= 5  # stages in training, scores, shift, false positives, ED term
