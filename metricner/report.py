@@ -1099,7 +1099,7 @@ def _why(before: pd.Series, after: pd.Series, second: str) -> list[str]:
 
 
 def grid_shift_markdown(outcomes: pd.DataFrame,  # as `grid_outcomes` returns, for two grids
-                        first: str, second: str  # the grids' names, in the order read
+                        first: str, second: str  # the grids' names: `second` is the one that trains longer (the study)
                        ) -> str:  # Markdown, a paragraph per target
     "Per target: how TO, DT and EG+ED F1 and the two differences moved from one grid to the other, and what the runs can tell about why."
     paragraphs = []
@@ -1107,8 +1107,8 @@ def grid_shift_markdown(outcomes: pd.DataFrame,  # as `grid_outcomes` returns, f
         before, after = (rows.set_index('grid').loc[name] for name in (first, second))
         if before[['DT − TO', 'EG+ED − DT']].isna().any() or after[['DT − TO', 'EG+ED − DT']].isna().any():
             paragraphs.append(f'**{target}**: not every grid has Target Only, Direct Transfer and EG+ED at a shared seed yet.'); continue
-        moved = ', '.join(f'{label} {_moved(before[f"{short} F1"], after[f"{short} F1"])}'
-                          for label, short in (('Target Only', 'TO'), ('Direct Transfer', 'DT'), ('EG+ED', 'EG+ED')))
+        moved = ', '.join(f'{SETTINGS[setting].label} {_moved(before[f"{short} F1"], after[f"{short} F1"])}'
+                          for setting, short in OUTCOMES.items())
         paragraphs.append(f'**{target}** ({first}: {_seeds(before.seeds)}; {second}: {_seeds(after.seeds)}). F1 from the {first} to the '
                           f'{second}: {moved}. DT − TO went {_moved(before["DT − TO"], after["DT − TO"])}, EG+ED − DT '
                           f'{_moved(before["EG+ED − DT"], after["EG+ED − DT"])}. ' + ' '.join(_why(before, after, second)))
