@@ -1064,12 +1064,12 @@ def grid_outcomes(grids: dict  # grid name → its records of one source (as `lo
         for name, records in runs.items():
             of = {setting: records[(records.target == target) & (records.setting == setting)].set_index('seed') for setting in OUTCOMES}
             seeds = sorted(set.intersection(*(set(frame.index) for frame in of.values())))
-            f1 = {short: 100 * of[setting].loc[seeds].f1.mean() if seeds else math.nan for setting, short in OUTCOMES.items()}
+            kept = {short: of[setting].loc[seeds] for setting, short in OUTCOMES.items()}  # empty without a shared seed: NaN means
+            f1 = {short: 100 * frame.f1.mean() for short, frame in kept.items()}
             rows.append({'target': target, 'grid': name, 'seeds': ', '.join(map(str, seeds)) or 'none shared',
                          **{f'{short} F1': f1[short] for short in OUTCOMES.values()},
                          'DT − TO': f1['DT'] - f1['TO'], 'EG+ED − DT': f1['EG+ED'] - f1['DT'],
-                         **{f'{short} on source spans %': 100 * of[setting].loc[seeds].fp_gold_source_like.mean() if seeds else math.nan
-                            for setting, short in OUTCOMES.items()}})
+                         **{f'{short} on source spans %': 100 * frame.fp_gold_source_like.mean() for short, frame in kept.items()}})
     return pd.DataFrame(rows, columns=['target', 'grid', 'seeds', *(f'{s} F1' for s in OUTCOMES.values()), 'DT − TO', 'EG+ED − DT',
                                        *(f'{s} on source spans %' for s in OUTCOMES.values())])
 
@@ -1105,7 +1105,7 @@ def grid_shift_markdown(outcomes: pd.DataFrame,  # as `grid_outcomes` returns, f
     paragraphs = []
     for target, rows in outcomes.groupby('target', sort=False):
         before, after = (rows.set_index('grid').loc[name] for name in (first, second))
-        if before[['DT − TO', 'EG+ED − DT']].isna().any() or after[['DT − TO', 'EG+ED − DT']].isna().any():
+        if rows[['DT − TO', 'EG+ED − DT']].isna().any(axis=None):
             paragraphs.append(f'**{target}**: not every grid has Target Only, Direct Transfer and EG+ED at a shared seed yet.'); continue
         moved = ', '.join(f'{SETTINGS[setting].label} {_moved(before[f"{short} F1"], after[f"{short} F1"])}'
                           for setting, short in OUTCOMES.items())
