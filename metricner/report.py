@@ -964,19 +964,23 @@ def plot_learning_curves(record: dict  # a run's record
     return fig
 
 # %% ../nbs/06a_report.ipynb #7d0d6c70
-ABLATIONS = (('events: EG − EG without events', ('eg', 'sentenc'), ('eg', 'none')),
-             ('ED: EG+ED − EG', (METHOD, 'sentenc'), ('eg', 'sentenc')))  # (what is measured, with, without)
+ABLATIONS = (  # (what is measured, with, without): (setting, events) each; events None where the setting reads no events
+    ('events: EG − EG without events', ('eg', 'sentenc'), ('eg', 'none')),
+    ('EG stage 1, plain stage 2: EG − Direct Transfer', ('eg', 'sentenc'), (TRANSFER, None)),
+    ('EG stage 1, ED in stage 2: EG+ED − ED', (METHOD, 'sentenc'), ('ed', None)),
+    ('ED on the CE stage 1: ED − Direct Transfer', ('ed', None), (TRANSFER, None)),
+    ('ED on the EG stage 1: EG+ED − EG', (METHOD, 'sentenc'), ('eg', 'sentenc')))
 
 
 def event_ablation(records: pd.DataFrame,  # as `load_records` returns
                    seed: int = 42,  # the seed of the ablation runs
                    samples: int = 2000  # document resamples of each bootstrap
                   ) -> pd.DataFrame:  # one row per target and comparison
-    "Per target: F1 (%) with and without the events, and with and without ED, the difference and its 95% bootstrap interval."
+    "Per target, each comparison of `ABLATIONS` with both runs recorded: their F1 (%), the difference and its 95% bootstrap interval."
     runs = records[(records.seed == seed) & (records.lambda_tgt == ExperimentConfig.lambda_tgt)]
     rows = []
     for target, group in runs.groupby('target'):
-        pick = lambda setting, events: group[(group.setting == setting) & (group.events == events)]
+        pick = lambda setting, events: group[(group.setting == setting) & ((events is None) | (group.events == events))]
         for name, with_, without in ABLATIONS:
             ours, theirs = pick(*with_), pick(*without)
             if not (len(ours) and len(theirs)): continue

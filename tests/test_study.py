@@ -176,7 +176,10 @@ def test_mechanism_checks(partial_study):
     ablation = event_ablation(study, samples=200).set_index('comparison')
     assert ablation.loc['events: EG − EG without events', 'ΔF1'] == pytest.approx(1.0)
     assert ablation.loc['events: EG − EG without events', '95% interval'].startswith('[+')
-    assert ablation.loc['ED: EG+ED − EG', 'ΔF1'] == pytest.approx(2.0)
+    assert ablation.loc['ED on the EG stage 1: EG+ED − EG', 'ΔF1'] == pytest.approx(2.0)
+    assert ablation.loc['EG stage 1, plain stage 2: EG − Direct Transfer', 'ΔF1'] == pytest.approx(2.0)
+    assert ablation.loc['EG stage 1, plain stage 2: EG − Direct Transfer', '95% interval'].startswith('[+')
+    assert len(ablation) == 3  # no ED run yet: its two comparisons wait for it
 
 
 def test_calibration_is_kept_apart_and_chooses_a_regime(tmp_path):
