@@ -964,7 +964,7 @@ def plot_learning_curves(record: dict  # a run's record
     return fig
 
 # %% ../nbs/06a_report.ipynb #7d0d6c70
-ABLATIONS = (  # (what is measured, with, without): (setting, events) each; events None where the setting reads no events
+ABLATIONS = (  # (what is measured, with, without): (setting, events) each; events None for a setting that reads none
     ('events: EG − EG without events', ('eg', 'sentenc'), ('eg', 'none')),
     ('EG stage 1, plain stage 2: EG − Direct Transfer', ('eg', 'sentenc'), (TRANSFER, None)),
     ('EG stage 1, ED in stage 2: EG+ED − ED', (METHOD, 'sentenc'), ('ed', None)),
@@ -980,7 +980,7 @@ def event_ablation(records: pd.DataFrame,  # as `load_records` returns
     runs = records[(records.seed == seed) & (records.lambda_tgt == ExperimentConfig.lambda_tgt)]
     rows = []
     for target, group in runs.groupby('target'):
-        pick = lambda setting, events: group[(group.setting == setting) & ((events is None) | (group.events == events))]
+        pick = lambda setting, events: group[(group.setting == setting) & ((group.events == events) | (not SETTINGS[setting].grouping))]
         for name, with_, without in ABLATIONS:
             ours, theirs = pick(*with_), pick(*without)
             if not (len(ours) and len(theirs)): continue
