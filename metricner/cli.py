@@ -72,9 +72,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_pseudo_labels(args) -> int:
-    "`metricner pseudo-labels`: ED's pseudo labels of a run from its stage-1 model as it stands (see `preview`), as JSON."
-    from metricner.preview import preview_pseudo_labels
-    print(json.dumps(preview_pseudo_labels(config_from_parameters(_parameters(args))), indent=1, default=str))
+    """`metricner pseudo-labels`: ED's pseudo labels of a run from its stage-1 model as it stands (see `preview`), as JSON;
+    with `--record`, a finished run's, scored against `--source-like` gold types and written beside its record."""
+    from metricner.preview import preview_pseudo_labels, score_recorded_pseudo_labels
+    source_like = tuple(t.strip() for t in args.source_like.split(',') if t.strip()) if args.source_like else None
+    if args.record is not None:
+        if not source_like: raise SystemExit('metricner pseudo-labels: --record needs --source-like TYPES')
+        labels = score_recorded_pseudo_labels(args.record, source_like)
+    else: labels = preview_pseudo_labels(config_from_parameters(_parameters(args)), source_like=source_like)
+    print(json.dumps(labels, indent=1, default=str))
     return 0
 
 # %% ../nbs/07_cli.ipynb #0d46699d
@@ -160,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pseudo = commands.add_parser('pseudo-labels', help="ED's pseudo labels of a run from its stage-1 model, finished or in training, as JSON")
     add_run_arguments(pseudo)
+    pseudo.add_argument('--source-like', default=None, metavar='TYPES',
+                        help="score them against the gold annotations of these types (comma-separated; default: the target's source-like types)")
+    pseudo.add_argument('--record', type=Path, default=None, metavar='RUN',
+                        help='a finished run\'s folder: recompute its pseudo labels, check them against its metrics.json, score them '
+                             'against --source-like and write pseudo_labels_scored.json there (the run options are then read from the record)')
     pseudo.set_defaults(run=cmd_pseudo_labels)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .paths import default_results_dir, PROJECT_ROOT
 from .trainers import TrainConfig
+from .preview import SCORED_PSEUDO_LABELS
 from .experiments import (
     code_fingerprint, config_from_parameters, ExperimentConfig, SETTINGS, source_stage_key, target_stage_key)
 from .grid import (
@@ -33,7 +34,7 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
            'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table',
            'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories',
-           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'grid_differences', 'grid_outcomes',
+           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'record_data', 'grid_differences', 'grid_outcomes',
            'grid_shift_markdown']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
@@ -902,18 +903,31 @@ def _top_types(by_type: dict,  # source type → pseudo entities of that type
     return ', '.join(f'{name} {100 * count / total:.0f} %' for name, count in sorted(by_type.items(), key=lambda item: -item[1])[:n])
 
 
+def _pseudo_label_score(folder: str, record: dict) -> tuple[dict | None, str]:
+    "A run's pseudo-label score against gold, and where it comes from: the run, or a later scoring of this very record (`preview`)."
+    gold = (record.get('pseudo_labels') or {}).get('against_gold')
+    if gold: return gold, 'in the run'
+    path = Path(folder) / SCORED_PSEUDO_LABELS
+    if not path.exists(): return None, ''
+    scored = json.loads(path.read_text(encoding='utf-8'))
+    if scored.get('code') != record.get('code') or scored.get('stage1') != (record.get('stage1') or {}).get('key'):
+        return None, ''  # left from an earlier record in this folder
+    return scored['against_gold'], 'afterwards: ' + ', '.join(scored['source_like'])
+
+
 def pseudo_label_quality(records: pd.DataFrame  # as `load_records` returns
                         ) -> pd.DataFrame:  # one row per run with entity discrimination that scored its pseudo labels
-    "Per run with ED: its pseudo source entities, their precision, recall and F1 (%) with tp, fp, fn against gold source-type spans, and their most frequent source types."
+    "Per run with ED: its pseudo source entities, their precision, recall and F1 (%) with tp, fp, fn against gold source-type spans, how they were scored, and their most frequent source types."
     rows = []
     for run in _ordered(records[records.setting.map(lambda s: SETTINGS[s].discrimination).astype(bool)]).itertuples():
-        pseudo = read_record(run.folder).get('pseudo_labels') or {}
-        gold = pseudo.get('against_gold')
+        record = read_record(run.folder)
+        pseudo = record.get('pseudo_labels') or {}
+        gold, scored = _pseudo_label_score(run.folder, record)
         if not gold: continue
         rows.append({'target': run.target, 'run': run_label(run), 'pseudo entities': pseudo.get('entities'),
                      **{m: 100 * gold[m] for m in ('precision', 'recall', 'f1')}, **{c: gold[c] for c in ('tp', 'fp', 'fn')},
-                     'most frequent source types': _top_types(pseudo.get('by_source_type') or {})})
-    return pd.DataFrame(rows, columns=['target', 'run', 'pseudo entities', 'precision', 'recall', 'f1', 'tp', 'fp', 'fn',
+                     'scored': scored, 'most frequent source types': _top_types(pseudo.get('by_source_type') or {})})
+    return pd.DataFrame(rows, columns=['target', 'run', 'pseudo entities', 'precision', 'recall', 'f1', 'tp', 'fp', 'fn', 'scored',
                                        'most frequent source types'])
 
 # %% ../nbs/06a_report.ipynb #338b576d
@@ -1009,8 +1023,9 @@ GRID_FACTORS = (
     ('fidelity', 'event records: Equiv lines make records', 'event_equivalences'),
     ('fidelity', 'event records: chemical arguments dropped', 'event_drop_unlabelled'),
     ('fidelity', 'labelled CE share (λ divided by it)', 'ce_share'),
+    *(('data', f'{target}: documents (train / dev / test), few-shot units', f'data:{target}') for target in TARGETS),
     ('code', 'commit', 'commit'),
-)  # (factor, what, where: a dotted configuration path, 'stage1'/'stage2' for the epochs trained, 'commit')
+)  # (factor, what, where: a dotted configuration path, 'stage1'/'stage2' for the epochs trained, 'data:TARGET', 'commit')
 # Not a factor: micro_batch_size. The MS term has spanned the whole optimizer batch since the trainers computed it over
 # the step (2a40d60), before any study record; the cpu grid's records are not micro-batched. So in both grids it sees
 # the batch, whose size the batch rows give, and the micro-batch only sets the memory of a forward pass.
@@ -1018,8 +1033,19 @@ _NOT_RECORDED = 'not recorded'
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
+def record_data(record: dict) -> str:
+    "What a few-shot record trained and was scored on: documents per split and few-shot training units ('–' for a run that trains on the whole target)."
+    data = record.get('data') or {}
+    documents = [(data.get(split) or {}).get('documents') for split in ('train', 'dev', 'test')]
+    if None in documents: return _NOT_RECORDED
+    few_shot = data['train'].get('few_shot')
+    return f"{' / '.join(map(str, documents))} documents, {few_shot['units']} units" if few_shot else '–'
+
+
 def _factor_value(record: dict, where: str) -> str:
     "One factor of one record, as text."
+    if where.startswith('data:'):
+        return record_data(record) if record.get('config', {}).get('target') == where.removeprefix('data:') else '–'
     if where in STAGES_SHOWN:
         stop = stage_stop(record, where)
         return '–' if stop is None else str(stop['epoch'])
@@ -1050,7 +1076,8 @@ def grid_differences(grids: dict  # grid name → its records (as `load_records`
     for factor, what, where in GRID_FACTORS:
         values = {name: _values([_factor_value(r, where) for r in recs]) if recs else '' for name, recs in records.items()}
         known = [v for v in values.values() if v and _NOT_RECORDED not in v]
-        differs = 'not recorded' if len(known) < len(values) else 'yes' if len(set(known)) > 1 else 'no'
+        differs = ('–' if '–' in values.values() else 'not recorded' if len(known) < len(values)
+                   else 'yes' if len(set(known)) > 1 else 'no')
         rows.append({'factor': factor, 'what': what, **values, 'differs': differs})
     return pd.DataFrame(rows, columns=['factor', 'what', *grids, 'differs'])
 
@@ -1070,11 +1097,12 @@ def grid_outcomes(grids: dict  # grid name → its records of one source (as `lo
             seeds = sorted(set.intersection(*(set(frame.index) for frame in of.values())))
             kept = {short: of[setting].loc[seeds] for setting, short in OUTCOMES.items()}  # empty without a shared seed: NaN means
             f1 = {short: 100 * frame.f1.mean() for short, frame in kept.items()}
-            rows.append({'target': target, 'grid': name, 'seeds': ', '.join(map(str, seeds)) or 'none shared',
+            data = _values([record_data(read_record(folder)) for frame in kept.values() for folder in frame.folder])
+            rows.append({'target': target, 'grid': name, 'seeds': ', '.join(map(str, seeds)) or 'none shared', 'data': data,
                          **{f'{short} F1': f1[short] for short in OUTCOMES.values()},
                          'DT − TO': f1['DT'] - f1['TO'], 'EG+ED − DT': f1['EG+ED'] - f1['DT'],
                          **{f'{short} on source spans %': 100 * frame.fp_gold_source_like.mean() for short, frame in kept.items()}})
-    return pd.DataFrame(rows, columns=['target', 'grid', 'seeds', *(f'{s} F1' for s in OUTCOMES.values()), 'DT − TO', 'EG+ED − DT',
+    return pd.DataFrame(rows, columns=['target', 'grid', 'seeds', 'data', *(f'{s} F1' for s in OUTCOMES.values()), 'DT − TO', 'EG+ED − DT',
                                        *(f'{s} on source spans %' for s in OUTCOMES.values())])
 
 
@@ -1085,13 +1113,18 @@ def _moved(before: float, after: float) -> str:
 def _seeds(listed: str) -> str: return ('seed ' if ',' not in listed else 'seeds ') + listed
 
 
-def _why(before: pd.Series, after: pd.Series, second: str) -> list[str]:
+def _why(before: pd.Series, after: pd.Series, first: str, second: str) -> list[str]:
     "What the runs can tell about why the outcomes of one target moved between two grids."
     only, transfer = after['TO F1'] - before['TO F1'], after['DT F1'] - before['DT F1']
-    why = [('Target Only reads neither a stage 1 nor events, so only the stage-2 budget and regime reach it; '
-            + (f'the {second} trains it longer and keeps its best dev epoch, which is unlikely to lower it, so its fall is most '
-               'likely the regime\'s (the rows under *regime* above).' if only < 0 else
-               'it rose, and the runs cannot say whether the budget or the regime raised it.'))]
+    if before.data != after.data:  # fewer training units or other test documents move every setting, more than any factor
+        why = [(f'The grids read different data of this target ({first}: {before.data}; {second}: {after.data}), so their F1 '
+                f'levels do not compare: Target Only\'s change of {only:+.2f} is most likely the data\'s. Only the differences '
+                'within each grid carry over, and those too may depend on how much target data stage 2 sees.')]
+    else:
+        why = [('Target Only reads neither a stage 1 nor events, so only the stage-2 budget and regime reach it; '
+                + (f'the {second} trains it longer and keeps its best dev epoch, which is unlikely to lower it, so its fall is '
+                   'most likely the regime\'s (the rows under *regime* above).' if only < 0 else
+                   'it rose, and the runs cannot say whether the budget or the regime raised it.'))]
     if (before['DT − TO'] > 0) != (after['DT − TO'] > 0):
         why.append(f'DT − TO changed sign because Direct Transfer moved by {transfer:+.2f} and Target Only by {only:+.2f}: '
                    + (f'what stage 1 adds counts for more in the {second}.' if transfer > only else 'Target Only gained more.'))
@@ -1115,5 +1148,5 @@ def grid_shift_markdown(outcomes: pd.DataFrame,  # as `grid_outcomes` returns, f
                           for setting, short in OUTCOMES.items())
         paragraphs.append(f'**{target}** ({first}: {_seeds(before.seeds)}; {second}: {_seeds(after.seeds)}). F1 from the {first} to the '
                           f'{second}: {moved}. DT − TO went {_moved(before["DT − TO"], after["DT − TO"])}, EG+ED − DT '
-                          f'{_moved(before["EG+ED − DT"], after["EG+ED − DT"])}. ' + ' '.join(_why(before, after, second)))
+                          f'{_moved(before["EG+ED − DT"], after["EG+ED − DT"])}. ' + ' '.join(_why(before, after, first, second)))
     return '\n\n'.join(paragraphs)

@@ -492,3 +492,27 @@ def test_pseudo_labels_are_previewed_from_a_stage_1_model_in_training_and_finish
     printed = json.loads(capsys.readouterr().out)  # JSON alone on standard output
     assert printed['model']['state'] == 'finished' and printed['model']['key'] == record['stage1']['key']
     assert {k: v for k, v in printed.items() if k not in ('model', 'training units')} == record['pseudo_labels']
+
+
+@pytest.mark.slow
+def test_a_recorded_runs_pseudo_labels_are_scored_afterwards_only_if_they_are_the_runs(isolated, capsys):
+    """Scored afterwards against BC5CDR's own source-like type, a run's pseudo labels get the score the run recorded, written
+    beside the record (also by `metricner pseudo-labels --record`); a record whose pseudo labels differ is refused."""
+    from metricner.cli import main
+    from metricner.preview import SCORED_PSEUDO_LABELS, score_recorded_pseudo_labels
+    backbone = build_tiny_backbone(isolated / 'tiny', words=['cancer', 'cell', 'protein', 'the', 'of'])
+    config = smoke(isolated, setting='ed', mode='adapter', backbone=str(backbone), source_train={'max_epochs': 2, 'min_epochs': 2})
+    cache = StageCache(store=isolated / 'store')
+    record = run_experiment(config, cache)
+    run = isolated / 'run'
+    scored = score_recorded_pseudo_labels(run, ('Disease',), cache)
+    assert scored['against_gold'] == record['pseudo_labels']['against_gold'] and scored['stage1'] == record['stage1']['key']
+    assert json.loads((run / SCORED_PSEUDO_LABELS).read_text()) == scored
+    capsys.readouterr()  # the run's log
+    assert main(['pseudo-labels', '--record', str(run), '--source-like', 'Disease']) == 0
+    assert json.loads(capsys.readouterr().out)['against_gold'] == scored['against_gold']
+    (run / SCORED_PSEUDO_LABELS).unlink()
+    tampered = {**record, 'pseudo_labels': {**record['pseudo_labels'], 'entities': record['pseudo_labels']['entities'] + 1}}
+    (run / 'metrics.json').write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match='differ from the recorded ones in entities'): score_recorded_pseudo_labels(run, ('Disease',), cache)
+    assert not (run / SCORED_PSEUDO_LABELS).exists()
