@@ -19,8 +19,8 @@ from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_argum
 from .distributed import init_distributed, launched_by_torchrun, torchrun_command
 
 # %% auto #0
-__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_pseudo_labels', 'cmd_bench', 'cmd_download', 'cmd_results',
-           'cmd_report', 'cmd_tag', 'cmd_export', 'build_parser', 'main']
+__all__ = ['cmd_stats', 'add_run_arguments', 'cmd_run', 'cmd_pseudo_labels', 'cmd_rescore', 'cmd_bench', 'cmd_download',
+           'cmd_results', 'cmd_report', 'cmd_tag', 'cmd_export', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #1d9e7b20
 def cmd_stats(args) -> int:
@@ -71,16 +71,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _types(text: str | None) -> tuple[str, ...] | None:
+    "Comma-separated type names, or None for none."
+    names = tuple(t.strip() for t in (text or '').split(',') if t.strip())
+    return names or None
+
+
 def cmd_pseudo_labels(args) -> int:
-    """`metricner pseudo-labels`: ED's pseudo labels of a run from its stage-1 model as it stands (see `preview`), as JSON;
-    with `--record`, a finished run's, scored against `--source-like` gold types and written beside its record."""
-    from metricner.preview import preview_pseudo_labels, score_recorded_pseudo_labels
-    source_like = tuple(t.strip() for t in args.source_like.split(',') if t.strip()) if args.source_like else None
-    if args.record is not None:
-        if not source_like: raise SystemExit('metricner pseudo-labels: --record needs --source-like TYPES')
-        labels = score_recorded_pseudo_labels(args.record, source_like)
-    else: labels = preview_pseudo_labels(config_from_parameters(_parameters(args)), source_like=source_like)
+    "`metricner pseudo-labels`: ED's pseudo labels of a run from its stage-1 model as it stands (see `preview`), as JSON."
+    from metricner.preview import preview_pseudo_labels
+    labels = preview_pseudo_labels(config_from_parameters(_parameters(args)), source_like=_types(args.source_like))
     print(json.dumps(labels, indent=1, default=str))
+    return 0
+
+
+def cmd_rescore(args) -> int:
+    "`metricner rescore`: measures that finished runs' records lack, checked against them and written beside them (see `rescore`)."
+    from metricner.rescore import rescore_run
+    for folder in args.runs: print(json.dumps({'run': str(folder), **rescore_run(folder, _types(args.source_like))}, indent=1))
     return 0
 
 # %% ../nbs/07_cli.ipynb #0d46699d
@@ -168,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(pseudo)
     pseudo.add_argument('--source-like', default=None, metavar='TYPES',
                         help="score them against the gold annotations of these types (comma-separated; default: the target's source-like types)")
-    pseudo.add_argument('--record', type=Path, default=None, metavar='RUN',
-                        help='a finished run\'s folder: recompute its pseudo labels, check them against its metrics.json, score them '
-                             'against --source-like and write pseudo_labels_scored.json there (the run options are then read from the record)')
     pseudo.set_defaults(run=cmd_pseudo_labels)
+
+    rescore = commands.add_parser('rescore', help="what finished runs' records lack: false positives on source-type spans among wrong "
+                                  'predictions, pseudo labels against gold; checked against each record, written beside it')
+    rescore.add_argument('runs', nargs='+', type=Path, metavar='RUN', help="a run's folder (its metrics.json, model/, per_document.json)")
+    rescore.add_argument('--source-like', default=None, metavar='TYPES',
+                         help="gold types that count as source entities (comma-separated; default: the target's source-like types)")
+    rescore.set_defaults(run=cmd_rescore)
 
     bench = commands.add_parser('bench', help='speed and efficiency figures measured on this machine')
     bench.add_argument('--quick', action='store_true', help='fewer batches: a few minutes')

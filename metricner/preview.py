@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -21,11 +19,10 @@ from .tagger import Tagger
 from .distributed import predict_tags
 from .trainers import pseudo_labels
 from .experiments import (
-    ExperimentConfig, SETTINGS, StageCache, _units, code_fingerprint, few_shot_sample, git_commit, resolve, run_device,
-    source_stage_key, target_data)
+    ExperimentConfig, SETTINGS, StageCache, _units, few_shot_sample, resolve, run_device, source_stage_key, target_data)
 
 # %% auto #0
-__all__ = ['SCORED_PSEUDO_LABELS', 'stage1_model', 'preview_pseudo_labels', 'score_recorded_pseudo_labels']
+__all__ = ['stage1_model', 'run_units', 'preview_pseudo_labels']
 
 # %% ../nbs/06c_preview.ipynb #686014cc
 def _checkpoint_model(folder: Path,  # a stage's `KEY.progress` checkpoint (`trainers.StageCheckpoint`)
@@ -67,15 +64,17 @@ def stage1_model(config: ExperimentConfig,  # a resolved configuration of a two-
     return tagger, {'key': key, 'state': 'in training', **_checkpoint_model(folder, tagger)}
 
 # %% ../nbs/06c_preview.ipynb #a3fb7f2c
-def _training_units(config: ExperimentConfig,  # a resolved configuration
-                     source_like: tuple[str, ...] | None  # the types whose gold annotations become `other_tags`; None: the corpus's
-                    ) -> list:
-    "The run's few-shot training units, as `target_data` gives them, with the gold annotations of `source_like` types as their `other_tags`."
-    if source_like is None: return target_data(config)[1]['train']
-    corpus = load_corpus(config.target, config.data_dir, types=config.target_types)
-    corpus = dataclasses.replace(corpus, source_like=tuple(source_like))
-    units, _ = _units(corpus, 'train', config)
-    return [units[i] for i in few_shot_sample(units, corpus, config).indices]
+def run_units(config: ExperimentConfig,  # a resolved configuration
+              source_like: tuple[str, ...] | None = None  # the types whose gold annotations become `other_tags`; None: the corpus's
+             ) -> dict:  # 'train' (few-shot unless the setting trains on the whole target) and 'test' units
+    "A run's training and test units, as `target_data` gives them, with the gold annotations of `source_like` types as their `other_tags`."
+    if source_like is None:
+        units = target_data(config)[1]
+        return {'train': units['train'], 'test': units['test']}
+    corpus = dataclasses.replace(load_corpus(config.target, config.data_dir, types=config.target_types), source_like=tuple(source_like))
+    (train, _), (test, _) = _units(corpus, 'train', config), _units(corpus, 'test', config)
+    kept = few_shot_sample(train, corpus, config).indices if SETTINGS[config.setting].few_shot else range(len(train))
+    return {'train': [train[i] for i in kept], 'test': test}
 
 
 def preview_pseudo_labels(config: ExperimentConfig,  # a run with entity discrimination (ED or EG+ED)
@@ -87,46 +86,7 @@ def preview_pseudo_labels(config: ExperimentConfig,  # a run with entity discrim
     if not SETTINGS[config.setting].discrimination: raise ValueError(f'{config.setting} has no entity discrimination: no pseudo labels')
     cache = cache or StageCache(store=default_results_dir() / 'stages', log=lambda *words: print(*words, file=sys.stderr))  # stdout: the counts
     tagger, model = stage1_model(config, cache)
-    units = _training_units(config, source_like)
+    units = run_units(config, source_like)['train']
     with torch.no_grad():
         labels = pseudo_labels(units, predict_tags(tagger.to(run_device(config)), units))
     return {**labels.counts, 'training units': len(units), 'model': model}
-
-# %% ../nbs/06c_preview.ipynb #e4a91d36
-SCORED_PSEUDO_LABELS = 'pseudo_labels_scored.json'
-"The file beside a record that `score_recorded_pseudo_labels` writes."
-
-
-def _recorded_config(folder: Path, record: dict) -> ExperimentConfig:
-    "The configuration of a record made by the code that runs now; an error for a record of other code or a run without ED."
-    code = code_fingerprint()
-    if record.get('code') != code:
-        raise ValueError(f'{folder / "metrics.json"}: made by code {str(record.get("code"))[:12]}…, not by this code ({code[:12]}…), '
-                         'so its pseudo labels cannot be recomputed as the run made them')
-    config = ExperimentConfig(**record['config'])
-    if not SETTINGS[config.setting].discrimination: raise ValueError(f'{folder / "metrics.json"}: {config.setting} has no pseudo labels')
-    return config
-
-
-def score_recorded_pseudo_labels(folder: Path | str,  # a run's folder: its metrics.json, where the score is written
-                                 source_like: tuple[str, ...],  # the gold types of the training units to score against
-                                 cache: StageCache | None = None  # default: the machine's cache and the committed `results/stages`
-                                ) -> dict:  # what `SCORED_PSEUDO_LABELS` holds
-    "Score a recorded run's pseudo source entities against gold `source_like` annotations of its training units, after checking they are the run's."
-    folder = Path(folder)
-    record = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
-    labels = preview_pseudo_labels(_recorded_config(folder, record), cache, source_like)
-    if labels['model']['state'] != 'finished' or labels['model']['key'] != record['stage1']['key']:
-        raise ValueError(f'{folder}: the stage-1 model found ({labels["model"]["key"][:12]}…, {labels["model"]["state"]}) is not the '
-                         f'finished {record["stage1"]["key"][:12]}… that the run used')
-    differ = [k for k in ('entities', 'words', 'by_source_type') if labels[k] != record['pseudo_labels'][k]]
-    if differ: raise ValueError(f'{folder}: the recomputed pseudo labels differ from the recorded ones in {", ".join(differ)}')
-    if 'against_gold' not in labels:
-        raise ValueError(f'{folder}: the training units of {record["config"]["target"]} have no gold annotation of type {", ".join(source_like)}')
-    scored = {'source_like': list(source_like), 'against_gold': labels['against_gold'], 'entities': labels['entities'],
-              'training units': labels['training units'], 'stage1': labels['model']['key'], 'code': record['code'],
-              'commit': git_commit()['commit'], 'scored': datetime.now(timezone.utc).isoformat(timespec='seconds')}
-    partial = folder / f'.{SCORED_PSEUDO_LABELS}.partial-{os.getpid()}'
-    partial.write_text(json.dumps(scored, indent=1), encoding='utf-8')
-    os.replace(partial, folder / SCORED_PSEUDO_LABELS)  # whole or not at all
-    return scored

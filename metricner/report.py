@@ -17,7 +17,7 @@ import pandas as pd
 
 from .paths import default_results_dir, PROJECT_ROOT
 from .trainers import TrainConfig
-from .preview import SCORED_PSEUDO_LABELS
+from .rescore import RESCORED
 from .experiments import (
     code_fingerprint, config_from_parameters, ExperimentConfig, SETTINGS, source_stage_key, target_stage_key)
 from .grid import (
@@ -25,17 +25,17 @@ from .grid import (
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS', 'STUDY_PROFILE', 'STAGES_SHOWN', 'STALE',
-           'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'OUTCOMES', 'read_record',
+           'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'OUTCOMES', 'read_record', 'rescored',
            'load_records', 'shown_path', 'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table',
            'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
            'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
            'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
-           'source_stage_summary', 'plot_source_stages', 'fp_column', 'claims', 'claims_summary', 'stage_stop',
-           'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints', 'finished_stages',
-           'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours', 'premise_table',
-           'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality', 'stage_histories',
-           'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'record_data', 'grid_differences', 'grid_outcomes',
-           'grid_shift_markdown']
+           'source_stage_summary', 'plot_source_stages', 'gold_fp_column', 'fp_column', 'claims', 'claims_summary',
+           'stage_stop', 'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints',
+           'finished_stages', 'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours',
+           'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality',
+           'stage_histories', 'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'record_data',
+           'grid_differences', 'grid_outcomes', 'grid_shift_markdown']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -48,9 +48,20 @@ def _fp_share(record: dict, kind: str) -> float:
     return record.get('source_false_positives', {}).get(kind, {}).get('share', math.nan)
 
 
+def rescored(folder,  # a run folder
+             record: dict  # its record
+            ) -> dict:  # what `rescore` wrote beside it, or {} without it or when it was left by an earlier record
+    "The measures that `metricner rescore` added to a record, if they are of this very record (its code and stage-1 model)."
+    path = Path(folder) / RESCORED
+    if not path.exists(): return {}
+    found = json.loads(path.read_text(encoding='utf-8'))
+    same = found.get('code') == record.get('code') and found.get('stage1') == (record.get('stage1') or {}).get('key')
+    return found if same else {}
+
+
 RECORD_COLUMNS = ['target', 'source', 'setting', 'events', 'seed', 'lambda_tgt', 'profile', 'precision', 'recall', 'f1',
-                  'strict_f1', 'fp_gold_source_like', 'fp_source_model', 'pseudo_entities', 'minutes', 'device', 'commit',
-                  'current', 'folder']
+                  'strict_f1', 'fp_gold_source_like', 'fp_wrong_on_source', 'fp_source_model', 'pseudo_entities', 'minutes',
+                  'device', 'commit', 'current', 'folder']
 
 
 def load_records(root: Path | None = None  # a folder searched for `metrics.json` at any depth; default `default_runs_dir()`
@@ -63,7 +74,9 @@ def load_records(root: Path | None = None  # a folder searched for `metrics.json
         rows.append({'target': c['target'], 'source': c['source'], 'setting': c['setting'], 'events': c['events'],
                      'seed': c['seed'], 'lambda_tgt': c['lambda_tgt'], 'profile': c['profile'],
                      'precision': r['precision'], 'recall': r['recall'], 'f1': r['f1'], 'strict_f1': r['strict']['f1'],
-                     'fp_gold_source_like': _fp_share(r, 'gold_source_like'), 'fp_source_model': _fp_share(r, 'source_model'),
+                     'fp_gold_source_like': _fp_share(r, 'gold_source_like'),
+                     'fp_wrong_on_source': rescored(path.parent, r).get('source_false_positives', {}).get('share', math.nan),
+                     'fp_source_model': _fp_share(r, 'source_model'),
                      'pseudo_entities': (r.get('pseudo_labels') or {}).get('entities'),
                      'minutes': r['timings_s']['total'] / 60, 'device': r['environment'].get('device', 'cpu'),
                      'commit': (r.get('git') or {}).get('commit'),
@@ -276,6 +289,7 @@ def bootstrap_markdown(table: pd.DataFrame  # as `bootstrap_table` returns
 
 # %% ../nbs/06a_report.ipynb #e79a4593
 FP_MEASURES = {'fp_gold_source_like': 'overlaps a gold source-like annotation',
+               'fp_wrong_on_source': 'is wrong and overlaps a gold source-like annotation',
                'fp_source_model': "tagged as a source entity by the run's own source model"}
 
 
@@ -362,7 +376,7 @@ def plot_false_positives(records: pd.DataFrame  # as `load_records` returns
     "Share of predicted target entities that are source entities, by setting (both measures)."
     plt, sns = _sns()
     runs = main_runs(records)
-    long = runs.melt(id_vars=['target', 'setting'], value_vars=['fp_gold_source_like', 'fp_source_model'],
+    long = runs.melt(id_vars=['target', 'setting'], value_vars=[m for m in FP_MEASURES if m in runs],
                      var_name='measure', value_name='share').dropna()
     long['measure'] = long.measure.map(FP_MEASURES)
     long['setting'] = long.setting.map(lambda s: SETTINGS[s].label)
@@ -488,10 +502,18 @@ CLAIMS = tuple((f'{claim} than {SETTINGS[baseline].label}', baseline, measure, s
 VERDICTS = ('supported', 'not supported', 'inconclusive', 'no common measure')
 
 # %% ../nbs/06a_report.ipynb #50b75d52
+def gold_fp_column(runs: pd.DataFrame  # records of one target
+                  ) -> str:  # the name of the records column to use
+    "Predictions on gold source-like annotations: the wrong ones where every run was rescored (`rescore`), else all of them."
+    wrong = runs.get('fp_wrong_on_source')
+    return 'fp_wrong_on_source' if wrong is not None and len(runs) and wrong.notna().all() else 'fp_gold_source_like'
+
+
 def fp_column(runs: pd.DataFrame  # records of one target
              ) -> str:  # the name of the records column to use
-    "A target's false-positive measure: gold source-like annotations where it has them (BC5CDR, DrugProt), else the source model's entities."
-    return 'fp_gold_source_like' if runs.fp_gold_source_like.notna().any() else 'fp_source_model'
+    "A target's false-positive measure: on gold source-like annotations where it has them (BC5CDR, DrugProt; `gold_fp_column`), else the source model's entities."
+    column = gold_fp_column(runs)
+    return column if runs[column].notna().any() else 'fp_source_model'
 
 # %% ../nbs/06a_report.ipynb #395b224b
 def _claim_row(target, claim, column, sign, pairs: pd.DataFrame, boot: pd.DataFrame) -> dict:
@@ -815,7 +837,8 @@ def premise_table(records: pd.DataFrame,  # as `load_records` returns
             rows.append({**row, **{half: f'missing: {", ".join(missing)}' for half in PREMISE}}); continue
         only, transfer = only.loc[seeds], transfer.loc[seeds]
         gap = 100 * (transfer.f1.mean() - only.f1.mean())
-        shares = [100 * frame.fp_gold_source_like.mean() for frame in (only, transfer)]
+        column = gold_fp_column(pd.concat([only, transfer]))
+        shares = [100 * frame[column].mean() for frame in (only, transfer)]
         more = ('n/a (no gold spans)' if any(math.isnan(s) for s in shares) else 'yes' if shares[1] > shares[0] else 'no')
         rows.append({**row, 'TO F1 (P, R)': _scores(only), 'DT F1 (P, R)': _scores(transfer), 'DT − TO': gap,
                      'TO on source spans %': shares[0], 'DT on source spans %': shares[1], PREMISE[0]: 'yes' if gap > 0 else 'no',
@@ -904,15 +927,12 @@ def _top_types(by_type: dict,  # source type → pseudo entities of that type
 
 
 def _pseudo_label_score(folder: str, record: dict) -> tuple[dict | None, str]:
-    "A run's pseudo-label score against gold, and where it comes from: the run, or a later scoring of this very record (`preview`)."
+    "A run's pseudo-label score against gold, and where it comes from: the run, or `metricner rescore` of this very record."
     gold = (record.get('pseudo_labels') or {}).get('against_gold')
     if gold: return gold, 'in the run'
-    path = Path(folder) / SCORED_PSEUDO_LABELS
-    if not path.exists(): return None, ''
-    scored = json.loads(path.read_text(encoding='utf-8'))
-    if scored.get('code') != record.get('code') or scored.get('stage1') != (record.get('stage1') or {}).get('key'):
-        return None, ''  # left from an earlier record in this folder
-    return scored['against_gold'], 'afterwards: ' + ', '.join(scored['source_like'])
+    later = rescored(folder, record)
+    gold = (later.get('pseudo_labels') or {}).get('against_gold')
+    return (gold, 'afterwards: ' + ', '.join(later['source_like'] or ['its own types'])) if gold else (None, '')
 
 
 def pseudo_label_quality(records: pd.DataFrame  # as `load_records` returns

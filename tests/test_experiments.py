@@ -495,24 +495,30 @@ def test_pseudo_labels_are_previewed_from_a_stage_1_model_in_training_and_finish
 
 
 @pytest.mark.slow
-def test_a_recorded_runs_pseudo_labels_are_scored_afterwards_only_if_they_are_the_runs(isolated, capsys):
-    """Scored afterwards against BC5CDR's own source-like type, a run's pseudo labels get the score the run recorded, written
-    beside the record (also by `metricner pseudo-labels --record`); a record whose pseudo labels differ is refused."""
+def test_a_finished_run_is_rescored_only_from_what_is_shown_to_be_its_own(isolated, capsys):
+    """Rescored with BC5CDR's own source-like type, a run's pseudo-label score equals the recorded one, and its false
+    positives on Disease spans, wrong and right, add up to the recorded overlaps; `metricner rescore` writes the same.
+    A record whose counts were changed is refused, and nothing is written."""
     from metricner.cli import main
-    from metricner.preview import SCORED_PSEUDO_LABELS, score_recorded_pseudo_labels
+    from metricner.rescore import RESCORED, rescore_run
     backbone = build_tiny_backbone(isolated / 'tiny', words=['cancer', 'cell', 'protein', 'the', 'of'])
     config = smoke(isolated, setting='ed', mode='adapter', backbone=str(backbone), source_train={'max_epochs': 2, 'min_epochs': 2})
     cache = StageCache(store=isolated / 'store')
     record = run_experiment(config, cache)
     run = isolated / 'run'
-    scored = score_recorded_pseudo_labels(run, ('Disease',), cache)
-    assert scored['against_gold'] == record['pseudo_labels']['against_gold'] and scored['stage1'] == record['stage1']['key']
-    assert json.loads((run / SCORED_PSEUDO_LABELS).read_text()) == scored
+    rescored = rescore_run(run, ('Disease',), cache)
+    assert rescored['pseudo_labels']['against_gold'] == record['pseudo_labels']['against_gold']
+    assert rescored['stage1'] == record['stage1']['key'] and rescored['code'] == record['code']
+    fp, recorded = rescored['source_false_positives'], record['source_false_positives']['gold_source_like']
+    assert fp['predicted_entities'] == recorded['predicted_entities']
+    assert fp['wrong_overlapping'] + fp['right_overlapping'] == recorded['overlapping']
+    assert json.loads((run / RESCORED).read_text()) == rescored
     capsys.readouterr()  # the run's log
-    assert main(['pseudo-labels', '--record', str(run), '--source-like', 'Disease']) == 0
-    assert json.loads(capsys.readouterr().out)['against_gold'] == scored['against_gold']
-    (run / SCORED_PSEUDO_LABELS).unlink()
-    tampered = {**record, 'pseudo_labels': {**record['pseudo_labels'], 'entities': record['pseudo_labels']['entities'] + 1}}
-    (run / 'metrics.json').write_text(json.dumps(tampered))
-    with pytest.raises(ValueError, match='differ from the recorded ones in entities'): score_recorded_pseudo_labels(run, ('Disease',), cache)
-    assert not (run / SCORED_PSEUDO_LABELS).exists()
+    assert main(['rescore', str(run), '--source-like', 'Disease']) == 0
+    assert json.loads(capsys.readouterr().out)['source_false_positives'] == fp
+    (run / RESCORED).unlink()
+    per_document = json.loads((run / 'per_document.json').read_text())
+    per_document['tp_fp_fn'][0][0] += 1
+    (run / 'per_document.json').write_text(json.dumps(per_document))
+    with pytest.raises(ValueError, match='do not give the per-document counts'): rescore_run(run, ('Disease',), cache)
+    assert not (run / RESCORED).exists()
