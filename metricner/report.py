@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import tempfile
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -366,7 +367,7 @@ def plot_precision_recall_shift(records: pd.DataFrame  # as `load_records` retur
     limit = 1.25 * max(1.0, shift[['recall', 'precision']].abs().to_numpy().max())
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xlabel='Δ recall (points)', ylabel='Δ precision (points)',
            title=f'{SETTINGS[TRANSFER].label} → {SETTINGS[METHOD].label}\narrows: mean over seeds, dots: single seeds')
-    ax.legend(loc='lower left', fontsize='small', title='target', title_fontsize='small')
+    ax.legend(loc='best', fontsize='small', title='target', title_fontsize='small')  # clear of the arrows, wherever they point
     fig.tight_layout()
     return fig
 
@@ -387,9 +388,10 @@ def plot_false_positives(records: pd.DataFrame  # as `load_records` returns
                         hue_order=sorted(long.target.unique()), height=3.6, aspect=1.3)
     grid_.set_axis_labels('', 'share of predicted entities (%)')
     grid_.set_titles('{col_name}')
+    for ax in grid_.axes.flat: ax.set_title(textwrap.fill(ax.get_title(), 34))  # long measure names would run together
     # anchored at their right end, the slanted names sit under their own bars instead of running into the next one
     for ax in grid_.axes.flat: plt.setp(ax.get_xticklabels(), rotation=30, ha='right', rotation_mode='anchor')
-    grid_.figure.suptitle('Source-entity false positives', y=1.03)
+    grid_.figure.suptitle('Source-entity false positives', y=1.1)  # above the two-line panel titles
     return grid_.figure
 
 # %% ../nbs/06a_report.ipynb #5b7f7f65
