@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metricner.report import load_records
+from metricner.report import load_records, published_runs, source_runs
 from metricner.grid import default_runs_dir, study_grid
 from metricner.paths import PROJECT_ROOT
 from metricner.site import NAV_LABELS, browser_check, build_site, check_site, render_with_quarto, stage_site
@@ -41,6 +41,9 @@ def test_the_pages_a_reader_expects(site):
     else:
         assert 'No run of the study is recorded yet.' in study and 'No calibration run is recorded yet' in study and '<table' not in study
     assert 'results/study.html' in front
+    study_runs = source_runs(published_runs(load_records(default_runs_dir()), 'converged')[0])
+    if {'eg_ed', 'direct_transfer'} <= set(study_runs.setting):  # the front page gives the study's answer so far
+        assert 'So far, EG+ED minus Direct Transfer in test F1' in front
     runs = (site / 'runs' / 'chemdner.html').read_text(encoding='utf-8')
     assert 'EG+ED concat seed 42' in runs and 'older code' in runs and '<strong>' in runs  # runs by setting, best in bold
     shown = load_records(default_runs_dir()).query("profile in ('cpu', 'converged')")  # the cpu grid's and the study's
