@@ -899,15 +899,19 @@ def calibration_table(calibration: pd.DataFrame  # as `load_calibration` returns
     return pd.DataFrame(rows)
 
 # %% ../nbs/06a_report.ipynb #ed995c3e
-def calibration_choice(table: pd.DataFrame  # as `calibration_table` returns
+def calibration_choice(table: pd.DataFrame,  # as `calibration_table` returns
+                       planned=()  # the regimes of the plan (`grid.CALIBRATION`): those without any record are named as not run
                       ) -> str:  # Markdown: the regime the premise selects, or that none shows it, with the figures
-    "The regime the transfer premise selects (both halves hold; the largest DT − TO among several), or a plain statement that no regime shows it."
-    if not len(table): return 'No calibration run is recorded yet, so no regime has been chosen by the premise.'
+    """The regime the transfer premise selects (both halves hold; the largest DT − TO among several), or a plain statement
+    that no regime shows it; with a single complete regime, only whether the premise holds there, since nothing was compared."""
+    unrun = [regime for regime in planned if not len(table) or regime not in set(table.regime)]
+    not_run = (' Not run yet: ' + ', '.join(unrun) + ' (`metricner results --calibration`).') if unrun else ''
+    if not len(table): return 'No calibration run is recorded yet, so no regime has been chosen by the premise.' + not_run
     figures = lambda r: (f'{r.regime} ({r["mode"]}, lr {r["lr (stage 1 / 2)"]}): DT − TO {r["DT − TO"]:+.2f} F1, '
                          f'{r["DT on source spans %"]:.1f} % of DT\'s predictions on gold Disease spans against {r["TO on source spans %"]:.1f} % of TO\'s')
     complete = table[table.seeds > 0]
     incomplete = table[table.seeds == 0]
-    note = (' Not yet comparable (a run missing): ' + ', '.join(incomplete.regime) + '.') if len(incomplete) else ''
+    note = ((' Not yet comparable (a run missing): ' + ', '.join(incomplete.regime) + '.') if len(incomplete) else '') + not_run
     if not len(complete): return 'No regime has both runs yet.' + note
     holding = complete[(complete[PREMISE[0]] == 'yes') & (complete[PREMISE[1]] == 'yes')]
     if not len(holding):
@@ -915,9 +919,11 @@ def calibration_choice(table: pd.DataFrame  # as `calibration_table` returns
                 + '. The study then runs in the most faithful regime, adapters.' + note)
     chosen = holding.sort_values('DT − TO', ascending=False).iloc[0]
     others = holding[holding.regime != chosen.regime]
+    unconverged = '' if chosen.converged == 'yes' else f' Its runs did not all stop by patience (converged: {chosen.converged}).'
+    if len(complete) == 1:  # nothing to choose between yet
+        return f'**The premise holds in {chosen.regime}**, the only regime with both runs so far: {figures(chosen)}.' + unconverged + note
     return (f'**The premise selects {chosen.regime}**: {figures(chosen)}.'
-            + (' It also holds in ' + ', '.join(others.regime) + ' (a smaller DT − TO).' if len(others) else '')
-            + ('' if chosen.converged == 'yes' else f' Its runs did not all stop by patience (converged: {chosen.converged}).') + note)
+            + (' It also holds in ' + ', '.join(others.regime) + ' (a smaller DT − TO).' if len(others) else '') + unconverged + note)
 
 # %% ../nbs/06a_report.ipynb #d44d6804
 def _top_types(by_type: dict,  # source type → pseudo entities of that type
