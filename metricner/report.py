@@ -29,14 +29,14 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS', 'OUTCOMES', 'read_record', 'rescored',
            'load_records', 'shown_path', 'published_runs', 'run_label', 'main_runs', 'source_runs', 'results_table',
            'per_type_table', 'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
-           'bootstrap_markdown', 'plot_f1_by_setting', 'precision_recall_shift', 'plot_precision_recall_shift',
-           'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection', 'source_stages',
-           'source_stage_summary', 'plot_source_stages', 'gold_fp_column', 'fp_column', 'claims', 'claims_summary',
-           'stage_stop', 'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints',
-           'finished_stages', 'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours',
-           'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality',
-           'stage_histories', 'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'record_data',
-           'grid_differences', 'grid_outcomes', 'grid_shift_markdown']
+           'bootstrap_markdown', 'counted', 'plot_f1_by_setting', 'precision_recall_shift',
+           'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
+           'source_stages', 'source_stage_summary', 'plot_source_stages', 'gold_fp_column', 'fp_column', 'claims',
+           'claims_summary', 'stage_stop', 'run_convergence', 'stop_text', 'stopping_table', 'study_progress',
+           'stage_checkpoints', 'finished_stages', 'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary',
+           'study_hours', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
+           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'plot_learning_curves', 'event_ablation',
+           'record_data', 'grid_differences', 'grid_outcomes', 'grid_shift_markdown']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -294,9 +294,9 @@ FP_MEASURES = {'fp_gold_source_like': 'overlaps a gold source-like annotation',
                'fp_source_model': "tagged as a source entity by the run's own source model"}
 
 
-def _seed_count(n: int) -> str:
-    "'1 seed', '3 seeds': how many seeds a mean stands on, in figure labels and the claims summary."
-    return f'{n} seed' + ('s' if n != 1 else '')
+def counted(n: int, noun: str) -> str:
+    "'1 seed', '3 seeds': a count with its noun in the right number, for labels and the pages' prose."
+    return f'{n} {noun}' + ('' if n == 1 else 's')
 
 
 def _sns():
@@ -363,7 +363,7 @@ def plot_precision_recall_shift(records: pd.DataFrame  # as `load_records` retur
                     arrowprops=dict(arrowstyle='->', lw=2, color=colours[target]))
         # Arrows of several targets often point the same way, so they are named in a legend, not beside their heads.
         ax.plot([], [], color=colours[target], lw=2,
-                label=f'{target} ({_seed_count(len(seeds))}): ΔR {mean.recall:+.1f}, ΔP {mean.precision:+.1f}')
+                label=f'{target} ({counted(len(seeds), "seed")}): ΔR {mean.recall:+.1f}, ΔP {mean.precision:+.1f}')
     limit = 1.25 * max(1.0, shift[['recall', 'precision']].abs().to_numpy().max())
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xlabel='Δ recall (points)', ylabel='Δ precision (points)',
            title=f'{SETTINGS[TRANSFER].label} → {SETTINGS[METHOD].label}\narrows: mean over seeds, dots: single seeds')
@@ -580,7 +580,7 @@ def claims_summary(table: pd.DataFrame  # as `claims` returns
     if not len(table): return 'Not enough runs to judge any claim yet.'
     by_claim = [f'- *{claim}*: {_verdict_parts(table[table.claim == claim], "target")}'
                 for claim in table.claim.unique()]
-    by_target = [f'- **{target}** ({_seed_count(group.seeds.max())}) — {_verdict_parts(group, "claim")}'
+    by_target = [f'- **{target}** ({counted(group.seeds.max(), "seed")}) — {_verdict_parts(group, "claim")}'
                  for target, group in table.groupby('target', sort=False)]
     return 'By claim, over the targets:\n\n' + '\n'.join(by_claim) + '\n\nBy target:\n\n' + '\n'.join(by_target)
 
