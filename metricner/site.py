@@ -484,9 +484,11 @@ class _DevTools:
         import websocket
         # no Origin header: Chromium (111 and later) refuses a DevTools socket from an origin it was not told to allow
         self.ws, self.events, self.next_id = websocket.create_connection(url, timeout=timeout, suppress_origin=True), [], 0
+        self.timeout = timeout
 
     def call(self, method: str, **params):
         self.next_id += 1
+        self.ws.settimeout(self.timeout)  # `wait` shortens it; a reply on a busy machine may take seconds
         self.ws.send(json.dumps({'id': self.next_id, 'method': method, 'params': params}))
         while True:
             message = json.loads(self.ws.recv())
