@@ -17,7 +17,7 @@ from metricner.backbone import build_tiny_backbone
 from metricner.trainers import STOP_REASONS
 from metricner.experiments import (PARAMETERS, SETTINGS, STAGES, ExperimentConfig, StageCache, config_from_parameters, resolve,
                                    run_experiment, source_stage_inputs, source_stage_key)
-from metricner.report import checkpoint_owners, stage_checkpoints
+from metricner.study import checkpoint_owners, stage_checkpoints
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent

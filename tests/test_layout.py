@@ -6,7 +6,7 @@ import metricner
 
 # Each module may import only from modules before it (the order of the README's module table).
 ORDER = ['paths', 'readers', 'corpora', 'download', 'units', 'sampling', 'backbone', 'windows', 'tagger', 'events',
-         'losses', 'distributed', 'trainers', 'experiments', 'grid', 'preview', 'rescore', 'report', 'site', 'tagging', 'bench', 'cli']
+         'losses', 'distributed', 'trainers', 'experiments', 'grid', 'preview', 'rescore', 'report', 'study', 'site', 'tagging', 'bench', 'cli']
 PACKAGE = Path(metricner.__file__).parent
 
 
