@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import re
 import shlex
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
