@@ -24,8 +24,8 @@ __all__ = ['RECORD_COLUMNS', 'EVENTS_SHOWN', 'FP_MEASURES', 'CLAIMS', 'VERDICTS'
            'ablation_table', 'score_markdown', 'paired_bootstrap', 'per_document', 'bootstrap_table',
            'bootstrap_markdown', 'counted', 'plot_f1_by_setting', 'precision_recall_shift',
            'plot_precision_recall_shift', 'plot_false_positives', 'plot_lambda_curve', 'plot_feature_projection',
-           'source_stages', 'source_stage_summary', 'plot_source_stages', 'gold_fp_column', 'fp_column', 'claims',
-           'claims_summary']
+           'stage_stop', 'source_stages', 'source_stage_summary', 'plot_source_stages', 'gold_fp_column', 'fp_column',
+           'claims', 'claims_summary']
 
 # %% ../nbs/06a_report.ipynb #66672ae7
 def read_record(folder  # a run folder
@@ -430,14 +430,29 @@ def plot_feature_projection(folders: dict,  # panel title → run folder with `f
     fig.tight_layout()
     return fig
 
+# %% ../nbs/06a_report.ipynb #b7a0c002
+def stage_stop(record: dict,  # a run's record
+               stage: str  # 'stage1' or 'stage2'
+              ) -> dict | None:  # epoch, best_epoch, reason, converged; None when the run has no such stage
+    "How one stage of a run stopped; in a record older than the `stopped` field, the epochs from its history, reason 'unknown' and converged None."
+    part = record.get(stage)
+    if not part: return None
+    stopped = part.get('stopped')
+    if stopped:
+        return {'epoch': stopped['epoch'], 'best_epoch': stopped['best_epoch'], 'reason': stopped['reason'],
+                'converged': stopped.get('converged', stopped['reason'] == 'patience')}
+    history = part.get('history') or []
+    best = [epoch['epoch'] for epoch in history if epoch.get('best')]
+    return {'epoch': history[-1]['epoch'] if history else None, 'best_epoch': best[-1] if best else None, 'reason': 'unknown', 'converged': None}
+
 # %% ../nbs/06a_report.ipynb #f384996e
 def _stage_objective(config: dict) -> str:
     return f"EG ({config['events']})" if SETTINGS[config['setting']].grouping else 'CE only'
 
 
 def source_stages(records: pd.DataFrame  # as `load_records` returns (its `folder` column is read)
-                 ) -> pd.DataFrame:  # one row per epoch: objective, seed, max_epochs, epoch, losses and dev scores
-    "One row per epoch of each distinct stage-1 model behind `records`: its losses and source-dev scores (%)."
+                 ) -> pd.DataFrame:  # one row per epoch: objective, seed, max_epochs, epoch, kept, losses and dev scores
+    "One row per epoch of each distinct stage-1 model behind `records`: its losses and source-dev scores (%); `kept` marks the epoch whose weights stage 2 starts from."
     rows, seen = [], set()
     for folder in records.folder:
         record = read_record(folder)
@@ -446,21 +461,24 @@ def source_stages(records: pd.DataFrame  # as `load_records` returns (its `folde
         seen.add(stage['key'])
         config = record['config']
         seed = config.get('source_seed') or config['seed']  # the seed stage 1 trained with; older records lack source_seed
+        stop = stage_stop(record, 'stage1')
+        kept = stop['best_epoch'] or stop['epoch']  # a history without best marks (the oldest records): its last epoch
         rows += [{'objective': _stage_objective(config), 'seed': seed,
-                  'max_epochs': config['source_train']['max_epochs'], 'epoch': epoch['epoch'], 'ce': epoch['ce'],
+                  'max_epochs': config['source_train']['max_epochs'], 'epoch': epoch['epoch'], 'kept': epoch['epoch'] == kept,
+                  'ce': epoch['ce'],
                   'ms': epoch['ms'], **{m: 100 * epoch[f'dev_{m}'] for m in ('precision', 'recall', 'f1')}}
                  for epoch in stage['history']]
-    return pd.DataFrame(rows, columns=['objective', 'seed', 'max_epochs', 'epoch', 'ce', 'ms', 'precision', 'recall', 'f1'])
+    return pd.DataFrame(rows, columns=['objective', 'seed', 'max_epochs', 'epoch', 'kept', 'ce', 'ms', 'precision', 'recall', 'f1'])
 
 # %% ../nbs/06a_report.ipynb #6d19d7bb
 def source_stage_summary(stages: pd.DataFrame  # as `source_stages` returns
                         ) -> pd.DataFrame:  # one row per stage-1 model
-    "Per stage-1 model: epochs run and their cap, its final source-dev scores, and the F1 its last epoch added."
+    "Per stage-1 model: epochs run and their cap, the kept epoch and its source-dev scores (what stage 2 starts from), and the F1 the last epoch added."
     rows = []
     for (objective, seed), history in stages.sort_values('epoch').groupby(['objective', 'seed'], sort=True):
-        last = history.iloc[-1]
+        last, kept = history.iloc[-1], history[history.kept].iloc[-1]
         rows.append({'objective': objective, 'seed': seed, 'epochs': int(last.epoch), 'max_epochs': int(last.max_epochs),
-                     'precision': last.precision, 'recall': last.recall, 'f1': last.f1,
+                     'kept epoch': int(kept.epoch), 'precision': kept.precision, 'recall': kept.recall, 'f1': kept.f1,
                      'last epoch ΔF1': last.f1 - history.f1.iloc[-2] if len(history) > 1 else math.nan})
     return pd.DataFrame(rows).round(2)
 

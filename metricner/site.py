@@ -26,8 +26,8 @@ from .experiments import SETTINGS
 from .grid import default_runs_dir, require_checkout
 from .paths import PROJECT_ROOT
 from .grid import default_calibration_dir
-from .report import FP_MEASURES, load_records, read_record, run_label, score_markdown, shown_path
-from .study import plot_learning_curves, run_convergence, stage_stop, STAGES_SHOWN, stop_text, STUDY_PROFILE
+from .report import FP_MEASURES, load_records, read_record, run_label, score_markdown, shown_path, stage_stop
+from .study import plot_learning_curves, run_convergence, STAGES_SHOWN, stop_text, STUDY_PROFILE
 
 # %% auto #0
 __all__ = ['NAV_LABELS', 'SPHINX_CONF', 'SITE_CSS', 'CHROMIUM_FLAGS', 'relative_paths', 'site_notebook', 'stage_api_pages',

@@ -21,36 +21,21 @@ from .grid import (
     BASELINES, default_calibration_dir, METHOD, stage1_group, STUDY_PRIORITIES, study_grid, TARGETS, TRANSFER)
 from .report import (
     _sns, _stage_objective, _summed_counts, gold_fp_column, load_records,
-    main_runs, paired_bootstrap, read_record, rescored, run_label)
+    main_runs, paired_bootstrap, read_record, rescored, run_label, stage_stop)
 
 # %% auto #0
 __all__ = ['STUDY_PROFILE', 'STAGES_SHOWN', 'STALE', 'UNMATCHED', 'PREMISE', 'PROFILE_REGIME', 'ABLATIONS', 'GRID_FACTORS',
-           'OUTCOMES', 'stage_stop', 'run_convergence', 'stop_text', 'stopping_table', 'study_progress',
-           'stage_checkpoints', 'finished_stages', 'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary',
-           'study_hours', 'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice',
-           'pseudo_label_quality', 'stage_histories', 'plot_ed_term', 'plot_learning_curves', 'event_ablation',
-           'record_data', 'grid_differences', 'grid_outcomes', 'grid_shift_markdown']
+           'OUTCOMES', 'run_convergence', 'stop_text', 'stopping_table', 'study_progress', 'stage_checkpoints',
+           'finished_stages', 'checkpoint_owners', 'checkpoint_label', 'checkpoint_summary', 'study_hours',
+           'premise_table', 'load_calibration', 'calibration_table', 'calibration_choice', 'pseudo_label_quality',
+           'stage_histories', 'plot_ed_term', 'plot_learning_curves', 'event_ablation', 'record_data',
+           'grid_differences', 'grid_outcomes', 'grid_shift_markdown']
 
 # %% ../nbs/06e_study.ipynb #73298d89
 STUDY_PROFILE = 'converged'  # the profile of the study's runs
 
 # %% ../nbs/06e_study.ipynb #7fffb23a
 STAGES_SHOWN = {'stage1': 'stage 1', 'stage2': 'stage 2'}  # the stages of a record, as pages name them
-
-
-def stage_stop(record: dict,  # a run's record
-               stage: str  # 'stage1' or 'stage2'
-              ) -> dict | None:  # epoch, best_epoch, reason, converged; None when the run has no such stage
-    "How one stage of a run stopped; in a record older than the `stopped` field, the epochs from its history, reason 'unknown' and converged None."
-    part = record.get(stage)
-    if not part: return None
-    stopped = part.get('stopped')
-    if stopped:
-        return {'epoch': stopped['epoch'], 'best_epoch': stopped['best_epoch'], 'reason': stopped['reason'],
-                'converged': stopped.get('converged', stopped['reason'] == 'patience')}
-    history = part.get('history') or []
-    best = [epoch['epoch'] for epoch in history if epoch.get('best')]
-    return {'epoch': history[-1]['epoch'] if history else None, 'best_epoch': best[-1] if best else None, 'reason': 'unknown', 'converged': None}
 
 # %% ../nbs/06e_study.ipynb #714ce1be
 def run_convergence(record: dict  # a run's record

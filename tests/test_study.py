@@ -10,10 +10,10 @@ import pytest
 from metricner.experiments import code_fingerprint, config_from_parameters, SETTINGS, source_stage_key
 from metricner.grid import study_grid
 from metricner.paths import PROJECT_ROOT
-from metricner.report import bootstrap_table, claims, load_records, source_runs
+from metricner.report import bootstrap_table, claims, load_records, source_runs, stage_stop
 from metricner.study import (
     calibration_choice, calibration_table, event_ablation, grid_differences, grid_outcomes, grid_shift_markdown,
-    load_calibration, premise_table, pseudo_label_quality, run_convergence, stage_stop, stopping_table, study_progress)
+    load_calibration, premise_table, pseudo_label_quality, run_convergence, stopping_table, study_progress)
 
 DOCUMENTS = [f'd{i}' for i in range(40)]
 
