@@ -498,7 +498,7 @@ def plot_source_stages(stages: pd.DataFrame,  # as `source_stages` returns (or a
     else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a converged stage 1: a hundred epochs or more
     ax.set(xlabel='epoch', ylabel='dev micro-F1 (%)', title=title)
     labels = ax.get_legend_handles_labels()[1]
-    columns = 1 if max(map(len, labels)) > 30 else min(len(labels), 4)
+    columns = 1 if max(map(len, labels), default=0) > 30 else max(1, min(len(labels), 4))
     # below the axes, so that long labels (a stage in training names its run) leave the curves the figure's width
     ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=columns, fontsize='small', frameon=False)
     fig.set_size_inches(7, 3.8 + 0.25 * math.ceil(len(labels) / columns))
