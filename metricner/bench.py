@@ -714,13 +714,15 @@ class StepWatch:
 def real_training_setup(data_dir=None,  # the corpora folder; default as `load_corpus`
                         profile: str = 'converged',  # the profile whose stage-1 settings are used
                         source: str = 'all',  # the source corpus
-                        seed: int = 42  # the run's seed
+                        seed: int = 42,  # the run's seed
+                        mode: str | None = None  # 'adapter' or 'full' (fine-tuning); None: the profile's
                        ) -> tuple:  # (resolved `ExperimentConfig`, source corpus, training units)
     "The stage-1 configuration (CE only), source corpus and training units of a run, as `source_stage` resolves them."
     from metricner.corpora import load_corpus
     from metricner.experiments import ExperimentConfig, resolve
     from metricner.units import tag_documents
-    config = resolve(ExperimentConfig(source=source, setting='direct_transfer', profile=profile, seed=seed, data_dir=data_dir))
+    config = resolve(ExperimentConfig(source=source, setting='direct_transfer', profile=profile, seed=seed, mode=mode,
+                                      data_dir=data_dir))
     corpus = load_corpus(config.source, config.data_dir, exclude_types=config.source_exclude_types)
     units, _ = tag_documents(corpus['train'], corpus.types, config.unit, corpus.source_like)
     return config, corpus, units
@@ -756,14 +758,15 @@ def time_real_training(kernel: str,  # `TaggerConfig.dropout_kernel`
 def synthetic_training_rates(data_dir=None,  # the corpora folder
                              batches: int = 10,  # timed batches (`run_benchmark`: 3 quick, 10 otherwise)
                              batch_size: int = 16,  # windows per step (`run_benchmark`'s)
-                             kernels=('torch', 'bytes')  # dropout kernels
+                             kernels=('torch', 'bytes'),  # dropout kernels
+                             mode: str = 'adapter'  # 'adapter' (`run_benchmark`'s) or 'full' (fine-tuning)
                             ) -> dict:  # kernel → real tokens/s
-    "The bench's synthetic training rate (`train_tokens_per_s` of `run_benchmark`: adapter MiniLM on CHEMDNER) with each dropout kernel."
+    "The bench's synthetic training rate (`train_tokens_per_s` of `run_benchmark`: MiniLM on CHEMDNER, adapters unless `mode`) with each dropout kernel."
     from metricner.corpora import load_corpus
     chemdner = load_corpus('chemdner', data_dir)
     rates, windows = {}, None
     for kernel in kernels:
-        tagger = Tagger.build(None, chemdner.labels, mode='adapter', dropout_kernel=kernel)
+        tagger = Tagger.build(None, chemdner.labels, mode=mode, dropout_kernel=kernel)
         windows = windows or _training_windows(tagger, chemdner)  # the same tokenizer and window for both
         sample = spread_sample(length_batches([len(w) for w in windows], batch_size, shuffle=True), batches)
         rates[kernel] = time_training(tagger, windows, sample)['tokens_per_s']
@@ -775,7 +778,8 @@ def run_epoch_benchmark(quick: bool = False,  # time only the first `steps` step
                         data_dir=None,  # the corpora folder; default as `load_corpus`
                         progress: bool = True,  # say on stderr what is being measured
                         profile: str = 'converged',  # the profile whose stage-1 settings are timed
-                        source: str = 'all'  # the source corpus
+                        source: str = 'all',  # the source corpus
+                        mode: str | None = None  # 'adapter' or 'full' (fine-tuning); None: the profile's
                        ) -> dict:  # real (kernel → timing), synthetic (kernel → tokens/s), variants, config
     "A real stage-1 epoch (or its first steps) with torch's and the byte dropout, beside the synthetic rate and the dropout variants."
     steps = steps if steps is not None else 4 if quick else None
@@ -785,13 +789,13 @@ def run_epoch_benchmark(quick: bool = False,  # time only the first `steps` step
         _say(progress, 'dropout variants on one tensor of attention probabilities')
         variants = time_dropout_variants(repeats=3 if steps is not None else 5)
         _say(progress, f'{source} training units, {profile} profile')
-        config, corpus, units = real_training_setup(data_dir, profile, source)
+        config, corpus, units = real_training_setup(data_dir, profile, source, mode=mode)
         real = {}
         for kernel in ('torch', 'bytes'):
             _say(progress, f'real stage-1 training with {kernel} dropout: ' + ('one epoch' if steps is None else f'{steps} steps after a warm-up'))
             real[kernel] = time_real_training(kernel, config, corpus, units, steps)
         _say(progress, "the bench's synthetic training rate with each kernel")
-        synthetic = synthetic_training_rates(data_dir, 3 if steps is not None else 10)
+        synthetic = synthetic_training_rates(data_dir, 3 if steps is not None else 10, mode=config.mode)
     finally:
         torch.set_num_threads(threads_before)
     train = config.source_train

@@ -16,6 +16,7 @@ from .readers import CorpusFormatError, CorpusNotFoundError
 from .corpora import corpus_names, corpus_stats, format_stats
 from .download import DownloadError, download
 from .experiments import PARAMETERS, PROFILES, config_from_parameters, run_arguments, run_device, run_experiment
+from .tagger import MODES
 from .distributed import init_distributed, launched_by_torchrun, torchrun_command
 
 # %% auto #0
@@ -97,7 +98,8 @@ def cmd_bench(args) -> int:
     from metricner.bench import (format_benchmark, format_epoch_benchmark, run_benchmark, run_epoch_benchmark,
                                  run_tagging_benchmark)  # heavy: only when asked for
     if args.epoch:
-        result = run_epoch_benchmark(quick=args.quick, steps=args.steps, data_dir=args.data_dir, progress=not args.json)
+        result = run_epoch_benchmark(quick=args.quick, steps=args.steps, data_dir=args.data_dir, progress=not args.json,
+                                     mode=args.mode)
         print(json.dumps(result, indent=1, default=str) if args.json else format_epoch_benchmark(result))
         return 0
     if args.tagging_only: result = run_tagging_benchmark(quick=args.quick, data_dir=args.data_dir)
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--epoch', action='store_true', help="a real stage-1 epoch of the converged profile with torch's and the "
                        'byte dropout kernel, beside the synthetic rate (with --quick: its first 4 steps)')
     bench.add_argument('--steps', type=int, default=None, help='with --epoch: time only the first N steps (after a warm-up step)')
+    bench.add_argument('--mode', choices=MODES, default=None,
+                       help="with --epoch: train adapters or fine-tune the whole encoder (default: the profile's, adapters)")
     bench.set_defaults(run=cmd_bench)
 
     fetch = commands.add_parser('download', help='fetch the corpora from their public sources and verify their checksums')

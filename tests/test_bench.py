@@ -1,4 +1,6 @@
 "Behaviour of the benchmark's parts; speed and memory figures are printed by `metricner bench`, never asserted here."
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,10 +134,11 @@ def test_format_benchmark_on_a_fake_result():
     assert format_benchmark({'matmul_gflops': 1.0})  # a partial result still prints
 
 
-def test_real_training_timing_counts_steps_and_tokens_of_train_stage(tmp_path):
+@pytest.mark.parametrize('mode', ['adapter', 'full'])
+def test_real_training_timing_counts_steps_and_tokens_of_train_stage(tmp_path, mode):
     from types import SimpleNamespace
     from metricner.bench import time_real_training
-    config = SimpleNamespace(backbone=str(build_tiny_backbone(tmp_path / 'tiny')), mode='adapter', max_length=None, seed=1,
+    config = SimpleNamespace(backbone=str(build_tiny_backbone(tmp_path / 'tiny')), mode=mode, max_length=None, seed=1,
                              source_train=dict(batch_size=4, micro_batch_size=2))
     corpus = SimpleNamespace(labels=['O', 'B-X', 'I-X'])
     units = [TaggedUnit(str(k), ['the', 'protein', 'kinase'] * (k + 1), [], ['O', 'B-X', 'I-X'] * (k + 1), []) for k in range(12)]
@@ -146,3 +149,35 @@ def test_real_training_timing_counts_steps_and_tokens_of_train_stage(tmp_path):
     epoch = time_real_training('torch', config, corpus, units)
     assert (epoch['steps'], epoch['windows'], epoch['real_tokens']) == (3, 12, sum(lengths)) and epoch['seconds'] > 0
     with pytest.raises(ValueError, match='only 3 steps'): time_real_training('bytes', config, corpus, units, steps=2)
+
+
+def test_epoch_benchmark_times_the_mode_asked_for(monkeypatch):
+    "`--mode full` reaches the real epoch's configuration and the synthetic rate beside it; no mode keeps the profile's."
+    from types import SimpleNamespace
+    import metricner.bench as bench
+    asked = {}
+    def setup(data_dir, profile, source, mode=None):
+        asked['setup'] = mode
+        return SimpleNamespace(mode=mode or 'adapter', backbone=None, max_length=512, seed=42,
+                               source_train=dict(batch_size=64, micro_batch_size=16)), None, []
+    def synthetic(data_dir, batches, mode='adapter'):
+        asked['synthetic'] = mode
+        return {'torch': 1.0, 'bytes': 1.0}
+    monkeypatch.setattr(bench, 'real_training_setup', setup)
+    monkeypatch.setattr(bench, 'synthetic_training_rates', synthetic)
+    monkeypatch.setattr(bench, 'time_real_training', lambda kernel, config, corpus, units, steps: {'kernel': kernel})
+    monkeypatch.setattr(bench, 'time_dropout_variants', lambda repeats: {})
+    result = bench.run_epoch_benchmark(steps=1, progress=False, mode='full')
+    assert asked == {'setup': 'full', 'synthetic': 'full'} and result['config']['mode'] == 'full'
+    assert bench.run_epoch_benchmark(steps=1, progress=False)['config']['mode'] == 'adapter' and asked['setup'] is None
+
+
+def test_bench_command_passes_the_mode_to_the_epoch_benchmark(monkeypatch, capsys):
+    import metricner.bench as bench
+    from metricner.cli import build_parser
+    seen = {}
+    monkeypatch.setattr(bench, 'run_epoch_benchmark', lambda **options: seen.update(options) or {'config': {}})
+    args = build_parser().parse_args(['bench', '--epoch', '--steps', '2', '--mode', 'full', '--json'])
+    assert args.run(args) == 0 and (seen['mode'], seen['steps']) == ('full', 2)
+    assert json.loads(capsys.readouterr().out) == {'config': {}}
+    with pytest.raises(SystemExit): build_parser().parse_args(['bench', '--epoch', '--mode', 'half'])
